@@ -1,0 +1,159 @@
+"""The model configuration: one frozen, validated dataclass that describes an architecture.
+
+Every AERO switch is a field here and nowhere else; modules, FLOPs counting, reports and export
+all read this one object. Invalid combinations fail at construction with one line naming the
+field and the accepted values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+ACTIVATIONS = ("gelu", "relu", "leaky_relu", "learnable_leaky_relu", "identity")
+SLOPE_SCOPES = ("global", "per_layer")
+NORM_GROUPS = ("qk", "v", "o", "ffn")
+DTYPES = ("float32", "bfloat16")
+PENALTY_REDUCTIONS = ("per_position_sum", "head_mean")
+
+
+class ConfigError(ValueError):
+    """A configuration value outside what the model accepts."""
+
+
+def _fail(field: str, value: Any, accepted: str) -> None:
+    raise ConfigError(f"{field}={value!r} is invalid; accepted: {accepted}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A GPT-2 style decoder and its AERO modifications (see docs/architecture.md)."""
+
+    # Size: independent of the architecture, so any preset runs at any size.
+    num_layers: int = 12
+    num_heads: int = 12
+    d_model: int = 768
+    d_ff: int = 3072
+    vocab_size: int = 50257
+    max_len: int = 128
+
+    # LayerNorm at each site: before attention (LN1), before the FFN (LN2), after the last block.
+    ln_attn: bool = True
+    ln_ffn: bool = True
+    ln_final: bool = True
+    ln_epsilon: float = 1e-5
+
+    # Feed-forward network.
+    activation: str = "gelu"
+    leaky_slope: float = 0.01  # fixed slope, or initial slope when learnable
+    leaky_slope_scope: str = "global"  # learnable slope: one for the model, or one per layer
+    ffn_fused: bool = False  # ScFuFFN: a single d x d matrix; identity activation only
+    ffn_layers: Optional[Tuple[int, ...]] = None  # layers that keep an FFN; None keeps all
+    ffn_scaling: bool = False  # ScFFN: X_out = beta_l * X_sa + FFN(X_sa) / alpha_l
+    ffn_alpha_init: float = 1.0
+    ffn_beta_init: float = 1.0
+
+    # Reparameterised linear layers, by group (any of NORM_GROUPS).
+    weight_norm: Tuple[str, ...] = ()
+    spectral_norm: Tuple[str, ...] = ()
+    spectral_norm_iters: int = 1  # power-iteration steps per training forward pass
+
+    # SM(t): learnable attention temperature per head and query position, t = exp(log_t) > 0.
+    learnable_temperature: bool = False
+    temperature_init: float = 1.0
+
+    # Per-head attention entropy, sown as an intermediate; turn off for inference.
+    sow_entropy: bool = True
+
+    # EReg: entropy regularizer (method file, section 8).
+    entropy_reg: bool = False
+    ereg_weight: float = 1e-5  # lambda
+    ereg_gamma: float = 0.2  # tolerance as a fraction of E_max = log T
+    ereg_threshold_init: float = 0.5  # theta, as a fraction of E_max
+    ereg_reduction: str = "per_position_sum"
+    ereg_head_strengths: bool = False  # learnable per-head weights, normalised per layer
+
+    # Numerics.
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.ffn_layers is not None:
+            object.__setattr__(self, "ffn_layers", tuple(int(i) for i in self.ffn_layers))
+        for name in ("weight_norm", "spectral_norm"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(g for g in value.replace("+", ",").split(",") if g)
+            object.__setattr__(self, name, tuple(value))
+        _validate(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def has_ffn(self, layer: int) -> bool:
+        return self.ffn_layers is None or layer in self.ffn_layers
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with some fields changed; unknown fields are refused by name."""
+        check_fields(changes)
+        return dataclasses.replace(self, **changes)
+
+
+def field_names() -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def check_fields(changes: dict) -> None:
+    unknown = sorted(set(changes) - set(field_names()))
+    if unknown:
+        raise ConfigError(
+            f"unknown model config field(s) {', '.join(unknown)}; accepted: {', '.join(field_names())}"
+        )
+
+
+def _validate(c: ModelConfig) -> None:
+    for name in ("num_layers", "num_heads", "d_model", "d_ff", "vocab_size", "max_len"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(name, value, "a positive integer")
+    if c.d_model % c.num_heads:
+        _fail("num_heads", c.num_heads, f"a divisor of d_model={c.d_model}")
+    if c.activation not in ACTIVATIONS:
+        _fail("activation", c.activation, ", ".join(ACTIVATIONS))
+    if c.leaky_slope_scope not in SLOPE_SCOPES:
+        _fail("leaky_slope_scope", c.leaky_slope_scope, ", ".join(SLOPE_SCOPES))
+    if c.ffn_fused and c.activation != "identity":
+        _fail("ffn_fused", c.ffn_fused, "False unless activation='identity' (fusion needs a linear FFN)")
+    if c.ffn_layers is not None:
+        bad = [i for i in c.ffn_layers if not 0 <= i < c.num_layers]
+        if bad or len(set(c.ffn_layers)) != len(c.ffn_layers):
+            _fail("ffn_layers", c.ffn_layers, f"None or distinct layer indices in [0, {c.num_layers})")
+    if c.ffn_scaling and c.ffn_alpha_init <= 0:
+        _fail("ffn_alpha_init", c.ffn_alpha_init, "a positive number (the FFN output is divided by it)")
+    for name in ("weight_norm", "spectral_norm"):
+        bad = [g for g in getattr(c, name) if g not in NORM_GROUPS]
+        if bad:
+            _fail(name, getattr(c, name), f"a subset of {', '.join(NORM_GROUPS)}")
+    both = sorted(set(c.weight_norm) & set(c.spectral_norm))
+    if both:
+        _fail("spectral_norm", c.spectral_norm,
+              f"groups without weight norm; {', '.join(both)} already has weight_norm")
+    if c.spectral_norm_iters < 1:
+        _fail("spectral_norm_iters", c.spectral_norm_iters, "an integer >= 1")
+    if not c.temperature_init > 0:
+        _fail("temperature_init", c.temperature_init, "a positive number")
+    if not 0 <= c.ereg_gamma < 1:
+        _fail("ereg_gamma", c.ereg_gamma, "a number in [0, 1)")
+    if c.ereg_weight < 0:
+        _fail("ereg_weight", c.ereg_weight, "a number >= 0")
+    if c.ereg_reduction not in PENALTY_REDUCTIONS:
+        _fail("ereg_reduction", c.ereg_reduction, ", ".join(PENALTY_REDUCTIONS))
+    if c.entropy_reg and not c.sow_entropy:
+        _fail("sow_entropy", c.sow_entropy, "True when entropy_reg=True (the penalty needs the entropies)")
+    for name in ("dtype", "param_dtype"):
+        if getattr(c, name) not in DTYPES:
+            _fail(name, getattr(c, name), ", ".join(DTYPES))
+    if c.init_std <= 0:
+        _fail("init_std", c.init_std, "a positive number")

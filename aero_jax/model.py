@@ -1,0 +1,206 @@
+"""AeroLM: a GPT-2 style decoder with every AERO switch of ModelConfig (flax.linen).
+
+Attention is written out so the per-head probabilities are at hand: their entropy is computed
+in-graph and sown into the `intermediates` collection as [B, H, T] per layer (never T x T maps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aero_jax.config import ModelConfig
+from aero_jax.entropy import attention_entropy
+from aero_jax.layers import SPECTRAL_COLLECTION, Linear
+
+ENTROPY_NAME = "attention_entropy"
+THRESHOLDS = "entropy_thresholds"
+STRENGTH_LOGITS = "entropy_strength_logits"
+
+
+def _linear(c: ModelConfig, features: int, group: str, *, residual: bool = False, name: str) -> Linear:
+    """A Linear of a norm group (qk, v, o, ffn); residual projections get GPT-2's 1/sqrt(2L) init."""
+    norm = "weight" if group in c.weight_norm else "spectral" if group in c.spectral_norm else "none"
+    std = c.init_std / math.sqrt(2 * c.num_layers) if residual else c.init_std
+    return Linear(features, init_std=std, norm=norm, power_iters=c.spectral_norm_iters,
+                  dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), name=name)
+
+
+def _layer_norm(c: ModelConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=c.ln_epsilon, dtype=jnp.dtype(c.dtype),
+                        param_dtype=jnp.dtype(c.param_dtype), name=name)
+
+
+def causal_mask(seq_len: int) -> jnp.ndarray:
+    """[T, S] boolean, true where query i may attend to key j (j <= i)."""
+    return jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention with optional learnable temperature per head and position."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        c = self.config
+        B, T, D = x_BxTxD.shape
+        H, K = c.num_heads, c.head_dim
+        q_BxTxHxK = _linear(c, D, "qk", name="query")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
+        k_BxSxHxK = _linear(c, D, "qk", name="key")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
+        v_BxSxHxK = _linear(c, D, "v", name="value")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
+
+        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                                    preferred_element_type=jnp.float32) / math.sqrt(K)
+        if c.learnable_temperature:
+            # t = exp(log_t) is positive by construction; one value per head and query position.
+            log_t_HxT = self.param("log_temperature", nn.initializers.constant(math.log(c.temperature_init)),
+                                   (H, c.max_len), jnp.float32)
+            scores_BxHxTxS = scores_BxHxTxS / jnp.exp(log_t_HxT[:, :T])[None, :, :, None]
+        scores_BxHxTxS = jnp.where(causal_mask(T), scores_BxHxTxS, jnp.finfo(jnp.float32).min)
+        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)  # masked entries are exact zeros
+        if c.sow_entropy:
+            self.sow("intermediates", ENTROPY_NAME, attention_entropy(probs_BxHxTxS))
+
+        out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+        return _linear(c, D, "o", residual=True, name="out")(out_BxTxHxK.reshape(B, T, D), update_stats=train)
+
+
+def leaky_relu(x: jnp.ndarray, slope) -> jnp.ndarray:
+    return jnp.where(x >= 0, x, slope * x)
+
+
+class FeedForward(nn.Module):
+    """act(x W_in) W_out, or a single fused d x d matrix when the activation is the identity."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jnp.ndarray, *, train: bool, global_slope=None) -> jnp.ndarray:
+        c = self.config
+        D = c.d_model
+        if c.ffn_fused:
+            return _linear(c, D, "ffn", residual=True, name="fused")(x_BxTxD, update_stats=train)
+        h_BxTxF = _linear(c, c.d_ff, "ffn", name="fc_in")(x_BxTxD, update_stats=train)
+        h_BxTxF = self._activate(h_BxTxF, global_slope)
+        return _linear(c, D, "ffn", residual=True, name="fc_out")(h_BxTxF, update_stats=train)
+
+    def _activate(self, h, global_slope):
+        c = self.config
+        if c.activation == "gelu":
+            return nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
+        if c.activation == "relu":
+            return nn.relu(h)
+        if c.activation == "leaky_relu":
+            return leaky_relu(h, c.leaky_slope)
+        if c.activation == "learnable_leaky_relu":
+            slope = global_slope
+            if c.leaky_slope_scope == "per_layer":
+                slope = self.param("leaky_slope", nn.initializers.constant(c.leaky_slope), (), jnp.float32)
+            return leaky_relu(h, slope.astype(h.dtype))
+        return h  # identity
+
+
+class Block(nn.Module):
+    """X_sa = X + MHA(LN1(X)); X_out = X_sa + FFN(LN2(X_sa)), or beta X_sa + FFN / alpha (ScFFN)."""
+
+    config: ModelConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jnp.ndarray, *, train: bool, global_slope=None) -> jnp.ndarray:
+        c = self.config
+        h = _layer_norm(c, "ln_attn")(x_BxTxD) if c.ln_attn else x_BxTxD
+        x_BxTxD = x_BxTxD + CausalSelfAttention(c, name="attn")(h, train=train)
+        if not c.has_ffn(self.layer):
+            return x_BxTxD
+        h = _layer_norm(c, "ln_ffn")(x_BxTxD) if c.ln_ffn else x_BxTxD
+        ffn_BxTxD = FeedForward(c, name="ffn")(h, train=train, global_slope=global_slope)
+        if not c.ffn_scaling:
+            return x_BxTxD + ffn_BxTxD
+        alpha = self.param("ffn_alpha", nn.initializers.constant(c.ffn_alpha_init), (), jnp.float32)
+        beta = self.param("ffn_beta", nn.initializers.constant(c.ffn_beta_init), (), jnp.float32)
+        dtype = x_BxTxD.dtype
+        return beta.astype(dtype) * x_BxTxD + ffn_BxTxD / alpha.astype(dtype)
+
+
+class AeroLM(nn.Module):
+    """Token ids [B, T] -> logits [B, T, vocab] (float32), with a tied LM head.
+
+    With `train=True` spectral-norm power iterations advance (make `spectral` mutable).
+    The EReg thresholds (and optional per-head strength logits) live in the parameter tree so
+    the optimizer learns them; the loss reads them from there.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        c = self.config
+        T = tokens_BxT.shape[-1]
+        if T > c.max_len:
+            raise ValueError(f"sequence length {T} is invalid; accepted: at most max_len={c.max_len}")
+        init = nn.initializers.normal(c.init_std)
+        wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, dtype=jnp.dtype(c.dtype),
+                       param_dtype=jnp.dtype(c.param_dtype), name="wte")
+        wpe_TxD = self.param("wpe", init, (c.max_len, c.d_model), jnp.dtype(c.param_dtype))
+        x_BxTxD = wte(tokens_BxT) + wpe_TxD[:T].astype(jnp.dtype(c.dtype))
+
+        global_slope = None
+        if c.activation == "learnable_leaky_relu" and c.leaky_slope_scope == "global":
+            global_slope = self.param("leaky_slope", nn.initializers.constant(c.leaky_slope), (), jnp.float32)
+        for layer in range(c.num_layers):
+            x_BxTxD = Block(c, layer, name=f"block_{layer}")(x_BxTxD, train=train, global_slope=global_slope)
+        if c.ln_final:
+            x_BxTxD = _layer_norm(c, "ln_final")(x_BxTxD)
+
+        if c.entropy_reg:
+            shape = (c.num_layers, c.num_heads)
+            self.param(THRESHOLDS, nn.initializers.constant(c.ereg_threshold_init), shape, jnp.float32)
+            if c.ereg_head_strengths:
+                self.param(STRENGTH_LOGITS, nn.initializers.zeros, shape, jnp.float32)
+        return wte.attend(x_BxTxD).astype(jnp.float32)
+
+
+def stack_entropies(intermediates, num_layers: int) -> jnp.ndarray:
+    """The sown per-layer entropies [B, H, T] gathered into one array [L, B, H, T]."""
+    return jnp.stack([intermediates[f"block_{l}"]["attn"][ENTROPY_NAME][0] for l in range(num_layers)])
+
+
+def logits_and_entropy(
+    model: AeroLM, variables, tokens_BxT: jnp.ndarray, *, train: bool = False
+) -> Tuple[jnp.ndarray, Optional[jnp.ndarray], dict]:
+    """One forward pass: logits [B, T, V], entropies [L, B, H, T], and the updated model state.
+
+    Entropies are None when the config has sow_entropy=False. The state holds the non-trainable
+    collections (spectral-norm vectors) after the pass; it changes only when `train` is true.
+    """
+    mutable = ["intermediates"] + ([SPECTRAL_COLLECTION] if train and SPECTRAL_COLLECTION in variables else [])
+    logits, updated = model.apply(variables, tokens_BxT, train=train, mutable=mutable)
+    state = {k: v for k, v in variables.items() if k != "params"}
+    state.update({k: v for k, v in updated.items() if k != "intermediates"})
+    entropies = None
+    if model.config.sow_entropy:
+        entropies = stack_entropies(updated["intermediates"], model.config.num_layers)
+    return logits, entropies, state
+
+
+def split_variables(variables) -> Tuple[dict, dict]:
+    """(params, model state): the trainable tree and the other collections (e.g. spectral)."""
+    params = variables["params"]
+    return params, {k: v for k, v in variables.items() if k != "params"}
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def init_variables(model: AeroLM, rng: jax.Array, batch_size: int = 1, seq_len: Optional[int] = None) -> dict:
+    """Parameters and state for a model, traced on a dummy batch of token ids."""
+    tokens = jnp.zeros((batch_size, seq_len or model.config.max_len), jnp.int32)
+    variables = model.init(rng, tokens)
+    return {k: v for k, v in variables.items() if k != "intermediates"}
