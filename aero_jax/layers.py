@@ -21,7 +21,8 @@ def _unit(x: jnp.ndarray) -> jnp.ndarray:
 
 def weight_normalized(direction_IxO: jnp.ndarray, scale_O: jnp.ndarray) -> jnp.ndarray:
     """W = g * V / ||V||, one norm per output unit (a column of the [in, out] kernel)."""
-    return direction_IxO * (scale_O / (jnp.linalg.norm(direction_IxO, axis=0) + _TINY))
+    norms_1xO = jnp.linalg.norm(direction_IxO, axis=0, keepdims=True)
+    return direction_IxO * (scale_O[None, :] / (norms_1xO + _TINY))
 
 
 def power_iteration(kernel_IxO: jnp.ndarray, u_O: jnp.ndarray, steps: int) -> jnp.ndarray:
@@ -68,7 +69,7 @@ class Linear(nn.Module):
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-            y = y + bias.astype(self.dtype)
+            y = y + bias.astype(self.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         return y
 
     def _spectrally_normalized(self, kernel: jnp.ndarray, update_stats: bool) -> jnp.ndarray:

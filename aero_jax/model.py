@@ -61,7 +61,7 @@ class CausalSelfAttention(nn.Module):
             log_t_HxT = self.param("log_temperature", nn.initializers.constant(math.log(c.temperature_init)),
                                    (H, c.max_len), jnp.float32)
             scores_BxHxTxS = scores_BxHxTxS / jnp.exp(log_t_HxT[:, :T])[None, :, :, None]
-        scores_BxHxTxS = jnp.where(causal_mask(T), scores_BxHxTxS, jnp.finfo(jnp.float32).min)
+        scores_BxHxTxS = jnp.where(causal_mask(T)[None, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)  # masked entries are exact zeros
         if c.sow_entropy:
             self.sow("intermediates", ENTROPY_NAME, attention_entropy(probs_BxHxTxS))
@@ -148,7 +148,7 @@ class AeroLM(nn.Module):
         wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, dtype=jnp.dtype(c.dtype),
                        param_dtype=jnp.dtype(c.param_dtype), name="wte")
         wpe_TxD = self.param("wpe", init, (c.max_len, c.d_model), jnp.dtype(c.param_dtype))
-        x_BxTxD = wte(tokens_BxT) + wpe_TxD[:T].astype(jnp.dtype(c.dtype))
+        x_BxTxD = wte(tokens_BxT) + wpe_TxD[None, :T].astype(jnp.dtype(c.dtype))
 
         global_slope = None
         if c.activation == "learnable_leaky_relu" and c.leaky_slope_scope == "global":

@@ -1,0 +1,77 @@
+"""Every invalid configuration fails at construction with one line naming field and accepted values."""
+
+import jax.numpy as jnp
+import pytest
+
+from aero_jax import entropy, presets
+from aero_jax.config import ConfigError, ModelConfig
+
+
+def _one_line_error(excinfo, *needles):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.mark.parametrize(
+    "fields, needles",
+    [
+        (dict(activation="gelu", ffn_fused=True), ("ffn_fused", "activation='identity'")),
+        (dict(weight_norm=("qk",), spectral_norm=("qk", "v")), ("spectral_norm", "qk")),
+        (dict(num_heads=5, d_model=32), ("num_heads=5", "divisor of d_model=32")),
+        (dict(learnable_temperature=True, temperature_init=0.0), ("temperature_init", "positive")),
+        (dict(temperature_init=-1.0), ("temperature_init", "positive")),
+        (dict(ereg_gamma=1.0), ("ereg_gamma", "[0, 1)")),
+        (dict(ereg_gamma=-0.1), ("ereg_gamma", "[0, 1)")),
+        (dict(activation="swish"), ("activation", "gelu, relu, leaky_relu")),
+        (dict(weight_norm=("qkv",)), ("weight_norm", "qk, v, o, ffn")),
+        (dict(ffn_layers=(0, 7), num_layers=4), ("ffn_layers", "[0, 4)")),
+        (dict(dtype="float16"), ("dtype", "float32, bfloat16")),
+        (dict(ereg_reduction="sum"), ("ereg_reduction", "per_position_sum, head_mean")),
+        (dict(entropy_reg=True, sow_entropy=False), ("sow_entropy", "entropy_reg")),
+        (dict(ffn_scaling=True, ffn_alpha_init=0.0), ("ffn_alpha_init", "positive")),
+        (dict(num_layers=0), ("num_layers", "positive integer")),
+    ],
+)
+def test_invalid_field_combinations_fail_at_config_time(fields, needles):
+    with pytest.raises(ConfigError) as excinfo:
+        ModelConfig(**fields)
+    _one_line_error(excinfo, *needles)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError) as excinfo:
+        presets.model_config("SM+LN+Swish")
+    _one_line_error(excinfo, "SM+LN+Swish", "SM+LN+G", "EReg(SM(t)+ScFuFFN)")
+
+
+def test_unknown_override_field_is_named():
+    with pytest.raises(ConfigError) as excinfo:
+        presets.model_config("SM", n_layers=3)
+    _one_line_error(excinfo, "n_layers", "num_layers")
+
+
+def test_unknown_size_is_named():
+    with pytest.raises(ConfigError) as excinfo:
+        presets.model_config("SM", size="huge")
+    _one_line_error(excinfo, "huge", "gpt2-small", "tiny")
+
+
+def test_thresholds_of_the_wrong_shape_are_refused():
+    entropies = jnp.ones((2, 1, 3, 4))
+    with pytest.raises(ConfigError) as excinfo:
+        entropy.penalty(entropies, jnp.ones((3, 2)), gamma=0.2, seq_len=4)
+    _one_line_error(excinfo, "thresholds shape (3, 2)", "(2, 3)")
+
+
+def test_norm_groups_accept_the_papers_spelling():
+    assert ModelConfig(weight_norm="qk+ffn").weight_norm == ("qk", "ffn")
+
+
+def test_presets_keep_size_and_architecture_apart():
+    tiny = presets.model_config("SM+ScFuFFN[FFN:L/2]", size="tiny", num_layers=4)
+    small = presets.model_config("SM+ScFuFFN[FFN:L/2]")
+    assert tiny.ffn_layers == (0, 1) and small.ffn_layers == tuple(range(6))
+    assert (small.num_layers, small.num_heads, small.d_model) == (12, 12, 768)
+    assert presets.model_config("EReg(SM)").entropy_reg and not presets.model_config("SM").entropy_reg

@@ -1,0 +1,109 @@
+"""The EReg penalty against an independent NumPy implementation of both readings."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aero_jax import entropy, presets
+from aero_jax.model import THRESHOLDS, AeroLM, init_variables, split_variables
+from aero_jax.objective import lm_loss
+
+
+def numpy_penalty(e_LxBxHxT, theta_LxH, gamma, seq_len, reduction, strengths=None):
+    """Written from the method file's section 8, loop by loop."""
+    L, B, H, T = e_LxBxHxT.shape
+    e_max = np.log(seq_len)
+    tol = gamma * e_max
+    layer_means = []
+    for l in range(L):
+        head_values = []
+        for h in range(H):
+            target = theta_LxH[l, h] * e_max
+            if reduction == "per_position_sum":
+                total = 0.0
+                for b in range(B):
+                    for t in range(T):
+                        delta = e_LxBxHxT[l, b, h, t] - target
+                        total += delta**2 if abs(delta) > tol else 0.0
+            else:
+                delta = e_LxBxHxT[l, :, h, :].mean() - target
+                total = delta**2 if abs(delta) > tol else 0.0
+            weight = 1.0 if strengths is None else strengths[l, h]
+            head_values.append(weight * total)
+        layer_means.append(np.mean(head_values))
+    return np.mean(layer_means)
+
+
+@pytest.mark.parametrize("reduction", ["per_position_sum", "head_mean"])
+@pytest.mark.parametrize("with_strengths", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_penalty_matches_numpy(reduction, with_strengths, seed):
+    r = np.random.default_rng(seed)
+    L, B, H, T = 3, 2, 4, 16
+    e = r.uniform(0, np.log(T), size=(L, B, H, T)).astype(np.float32)
+    theta = r.uniform(0.1, 0.9, size=(L, H)).astype(np.float32)
+    strengths = r.uniform(0.2, 2, size=(L, H)).astype(np.float32) if with_strengths else None
+    gamma = 0.15
+    got = entropy.penalty(jnp.asarray(e), jnp.asarray(theta), gamma=gamma, seq_len=T, reduction=reduction,
+                          strengths_LxH=None if strengths is None else jnp.asarray(strengths))
+    expected = numpy_penalty(e, theta, gamma, T, reduction, strengths)
+    assert expected > 0
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["per_position_sum", "head_mean"])
+def test_penalty_is_zero_within_tolerance(reduction):
+    T = 32
+    theta = jnp.full((2, 3), 0.5)
+    e_max = np.log(T)
+    offsets = np.random.default_rng(0).uniform(-0.19, 0.19, size=(2, 4, 3, T)) * e_max
+    e = jnp.asarray(0.5 * e_max + offsets, jnp.float32)
+    assert float(entropy.penalty(e, theta, gamma=0.2, seq_len=T, reduction=reduction)) == 0.0
+    assert float(entropy.penalty(e, theta, gamma=0.0, seq_len=T, reduction=reduction)) > 0.0
+
+
+def test_gradient_reaches_thresholds_and_attention_logits():
+    config = presets.model_config("EReg(SM+LN+G)", size="tiny", ereg_weight=1.0, ereg_gamma=0.0)
+    model = AeroLM(config)
+    params, state = split_variables(init_variables(model, jax.random.key(0)))
+    tokens = jax.random.randint(jax.random.key(1), (2, config.max_len), 0, config.vocab_size)
+
+    def penalty_only(p):
+        _, (metrics, _) = lm_loss(p, state, tokens, model=model)
+        return metrics["penalty"]
+
+    grads = jax.grad(penalty_only)(params)
+    assert float(jnp.min(jnp.abs(grads[THRESHOLDS]))) > 0
+    for layer in range(config.num_layers):
+        for proj in ("query", "key"):  # the attention logits are q . k
+            assert float(jnp.max(jnp.abs(grads[f"block_{layer}"]["attn"][proj]["kernel"]))) > 0
+
+
+def test_penalty_gradient_with_respect_to_scores():
+    """Through softmax and entropy, the penalty's gradient reaches the raw attention scores."""
+    T = 8
+    scores = jnp.asarray(np.random.default_rng(3).normal(size=(1, 1, 2, T, T)), jnp.float32)
+    mask = jnp.tril(jnp.ones((T, T), bool))
+
+    def f(s):
+        probs = jax.nn.softmax(jnp.where(mask, s, -1e30), axis=-1)
+        return entropy.penalty(entropy.attention_entropy(probs), jnp.full((1, 2), 0.9), gamma=0.0, seq_len=T)
+
+    g = np.asarray(jax.grad(f)(scores))
+    assert np.abs(g[..., 1:, :]).max() > 0
+    assert np.all(g[..., ~np.tril(np.ones((T, T), bool))] == 0)  # masked scores get no gradient
+
+
+def test_lambda_zero_reproduces_the_plain_loss():
+    base = presets.model_config("SM+LN+G", size="tiny")
+    reg = presets.model_config("EReg(SM+LN+G)", size="tiny", ereg_weight=0.0)
+    tokens = jax.random.randint(jax.random.key(1), (2, base.max_len), 0, base.vocab_size)
+    losses = []
+    for config in (base, reg):
+        model = AeroLM(config)
+        params, state = split_variables(init_variables(model, jax.random.key(0)))
+        losses.append(float(lm_loss(params, state, tokens, model=model)[0]))
+    assert losses[0] == losses[1]
