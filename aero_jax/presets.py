@@ -22,7 +22,7 @@ _NO_LN = dict(ln_attn=False, ln_ffn=False, ln_final=False)
 _SM = dict(_NO_LN, activation="identity")
 _SCFFN = dict(_SM, ffn_scaling=True)
 _SCFUFFN = dict(_SCFFN, ffn_fused=True)
-_TEMPERATURE = dict(learnable_temperature=True)
+_TEMPERATURE = dict(learnable_temperature=True, temperature_init=1e-2)  # the papers (CodeParrot)
 # The rows of the method file's normalization table (section 5) and the groups each one covers.
 _NORM_TABLE_GROUPS = {
     "QK": ("qk",),

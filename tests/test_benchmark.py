@@ -1,0 +1,19 @@
+"""The throughput benchmark runs end to end and prints its JSON lines (figures are not asserted)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_step_throughput_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--tiny",
+                          "--steps", "2", "--warmup", "1"], capture_output=True, text=True, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    runs = [line for line in lines if "preset" in line]
+    assert [(r["preset"], r["penalty"]) for r in runs] == [
+        ("SM+LN+G", False), ("EReg(SM+LN+G)", True), ("EReg(SM(t)+ScFuFFN)", True)]
+    assert all(r["tokens_per_s"] > 0 for r in runs)
+    assert "penalty_share_of_step" in lines[-1]
