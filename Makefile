@@ -1,16 +1,21 @@
-# The project's commands. `make test` builds a fresh virtual environment (.venv) when
+# The project's commands. `make train` and `make test` build a fresh virtual environment (.venv) when
 # setup.cfg changes, installs the package with its test extra, and runs the default tests.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+WORKDIR ?= workdirs/default
 
-.PHONY: test test-slow bench clean
+.PHONY: train test test-slow bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
+
+# The main job: prepare the embedded data, train the default model, print its perplexity.
+train: $(BIN)/.installed
+	$(BIN)/aero-train --config=configs/default.py --workdir=$(WORKDIR)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow" tests
@@ -20,6 +25,7 @@ test-slow: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/step_throughput.py
+	$(BIN)/python benchmarks/train_loop_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -101,6 +101,18 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Fields that change the loss or the numerics but not the parameters: a run may resume with
+# other values of these; any other difference is another architecture.
+NON_ARCHITECTURE_FIELDS = ("ereg_weight", "ereg_gamma", "ereg_reduction", "sow_entropy", "dtype",
+                           "spectral_norm_iters")
+
+
+def architecture_differences(old: ModelConfig, new: ModelConfig):
+    """[(field, old value, new value)] for every architecture field that differs."""
+    return [(f, getattr(old, f), getattr(new, f)) for f in field_names()
+            if f not in NON_ARCHITECTURE_FIELDS and getattr(old, f) != getattr(new, f)]
+
+
 def field_names() -> Tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(ModelConfig))
 

@@ -18,6 +18,7 @@ from aero_jax.entropy import attention_entropy
 from aero_jax.layers import SPECTRAL_COLLECTION, Linear
 
 ENTROPY_NAME = "attention_entropy"
+NONFINITE_NAME = "attention_nonfinite"
 THRESHOLDS = "entropy_thresholds"
 STRENGTH_LOGITS = "entropy_strength_logits"
 
@@ -63,8 +64,9 @@ class CausalSelfAttention(nn.Module):
             scores_BxHxTxS = scores_BxHxTxS / jnp.exp(log_t_HxT[:, :T])[None, :, :, None]
         scores_BxHxTxS = jnp.where(causal_mask(T)[None, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)  # masked entries are exact zeros
-        if c.sow_entropy:
+        if c.sow_entropy:  # attention diagnostics: entropy per row, count of non-finite probabilities
             self.sow("intermediates", ENTROPY_NAME, attention_entropy(probs_BxHxTxS))
+            self.sow("intermediates", NONFINITE_NAME, jnp.sum(~jnp.isfinite(probs_BxHxTxS)))
 
         out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
         return _linear(c, D, "o", residual=True, name="out")(out_BxTxHxK.reshape(B, T, D), update_stats=train)
@@ -166,9 +168,29 @@ class AeroLM(nn.Module):
         return wte.attend(x_BxTxD).astype(jnp.float32)
 
 
-def stack_entropies(intermediates, num_layers: int) -> jnp.ndarray:
-    """The sown per-layer entropies [B, H, T] gathered into one array [L, B, H, T]."""
-    return jnp.stack([intermediates[f"block_{l}"]["attn"][ENTROPY_NAME][0] for l in range(num_layers)])
+def _stack_sown(intermediates, name: str, num_layers: int) -> jnp.ndarray:
+    """A value sown by every attention layer, stacked along a leading layer axis."""
+    return jnp.stack([intermediates[f"block_{l}"]["attn"][name][0] for l in range(num_layers)])
+
+
+def forward(model: AeroLM, variables, tokens_BxT: jnp.ndarray, *, train: bool = False
+            ) -> Tuple[jnp.ndarray, dict, dict]:
+    """Logits, attention diagnostics and the updated model state in one pass.
+
+    Diagnostics (empty when sow_entropy=False): `entropy` [L, B, H, T] and `nonfinite` [L], the
+    count of non-finite attention probabilities per layer. The state holds the non-trainable
+    collections (spectral-norm vectors); it changes only when `train` is true.
+    """
+    mutable = ["intermediates"] + ([SPECTRAL_COLLECTION] if train and SPECTRAL_COLLECTION in variables else [])
+    logits, updated = model.apply(variables, tokens_BxT, train=train, mutable=mutable)
+    state = {k: v for k, v in variables.items() if k != "params"}
+    state.update({k: v for k, v in updated.items() if k != "intermediates"})
+    diagnostics = {}
+    if model.config.sow_entropy:
+        layers = model.config.num_layers
+        diagnostics = {"entropy": _stack_sown(updated["intermediates"], ENTROPY_NAME, layers),
+                       "nonfinite": _stack_sown(updated["intermediates"], NONFINITE_NAME, layers)}
+    return logits, diagnostics, state
 
 
 def logits_and_entropy(
@@ -176,17 +198,10 @@ def logits_and_entropy(
 ) -> Tuple[jnp.ndarray, Optional[jnp.ndarray], dict]:
     """One forward pass: logits [B, T, V], entropies [L, B, H, T], and the updated model state.
 
-    Entropies are None when the config has sow_entropy=False. The state holds the non-trainable
-    collections (spectral-norm vectors) after the pass; it changes only when `train` is true.
+    Entropies are None when the config has sow_entropy=False.
     """
-    mutable = ["intermediates"] + ([SPECTRAL_COLLECTION] if train and SPECTRAL_COLLECTION in variables else [])
-    logits, updated = model.apply(variables, tokens_BxT, train=train, mutable=mutable)
-    state = {k: v for k, v in variables.items() if k != "params"}
-    state.update({k: v for k, v in updated.items() if k != "intermediates"})
-    entropies = None
-    if model.config.sow_entropy:
-        entropies = stack_entropies(updated["intermediates"], model.config.num_layers)
-    return logits, entropies, state
+    logits, diagnostics, state = forward(model, variables, tokens_BxT, train=train)
+    return logits, diagnostics.get("entropy"), state
 
 
 def split_variables(variables) -> Tuple[dict, dict]:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from aero_jax import entropy
-from aero_jax.model import STRENGTH_LOGITS, THRESHOLDS, AeroLM, logits_and_entropy
+from aero_jax.model import STRENGTH_LOGITS, THRESHOLDS, AeroLM, forward
 
 
 def cross_entropy(logits_BxTxV: jnp.ndarray, targets_BxT: jnp.ndarray) -> jnp.ndarray:
@@ -38,15 +38,15 @@ def lm_loss(params, model_state, tokens_BxT: jnp.ndarray, *, model: AeroLM, trai
     papers' Hugging Face setup); the loss covers positions 0..T-2 predicting tokens 1..T-1.
     """
     c = model.config
-    logits, entropies, new_state = logits_and_entropy(model, {"params": params, **model_state},
-                                                      tokens_BxT, train=train)
+    logits, diagnostics, new_state = forward(model, {"params": params, **model_state}, tokens_BxT, train=train)
     ce = cross_entropy(logits[:, :-1], tokens_BxT[:, 1:])
     metrics = {"ce": ce}
     loss = ce
     if c.entropy_reg:
-        metrics["penalty"] = entropy_penalty(params, entropies, model)
+        metrics["penalty"] = entropy_penalty(params, diagnostics["entropy"], model)
         loss = ce + c.ereg_weight * metrics["penalty"]
-    if entropies is not None:
-        metrics["layer_entropy"] = jnp.mean(entropies, axis=(1, 2, 3))
+    if diagnostics:
+        metrics["head_entropy"] = entropy.head_entropy(diagnostics["entropy"])
+        metrics["nonfinite_attention"] = diagnostics["nonfinite"]
     metrics["loss"] = loss
     return loss, (metrics, new_state)

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+import re
+from typing import Dict, Tuple
 
 from aero_jax.config import ConfigError, ModelConfig, check_fields
 
@@ -92,3 +93,18 @@ def model_config(name: str, size: str = "gpt2-small", **overrides) -> ModelConfi
     fields = {**SIZES[size], **_PRESETS[name], **overrides}
     resolved = {k: (v(fields["num_layers"]) if callable(v) else v) for k, v in fields.items()}
     return ModelConfig(**resolved)
+
+
+def slug(name: str) -> str:
+    """A shell-friendly spelling of a preset name: 'EReg(SM(t)+ScFuFFN)' -> 'ereg_sm_t_scfuffn'."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def resolve(name_or_slug: str) -> str:
+    """The preset name for a name or its slug (config variants use slugs)."""
+    by_slug = {slug(n): n for n in names()}
+    if name_or_slug in _PRESETS:
+        return name_or_slug
+    if name_or_slug in by_slug:
+        return by_slug[name_or_slug]
+    raise ConfigError(f"unknown preset {name_or_slug!r}; accepted: {', '.join(by_slug)}")

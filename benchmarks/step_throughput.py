@@ -31,6 +31,12 @@ RUNS = (("SM+LN+G", False), ("EReg(SM+LN+G)", True), ("EReg(SM(t)+ScFuFFN)", Tru
 
 def measure(name: str, penalty: bool, size: dict, batch: int, steps: int, warmup: int) -> dict:
     config = presets.model_config(name, **size, sow_entropy=penalty)
+    result = measure_config(config, batch, steps, warmup)
+    return {"preset": name, "penalty": penalty, **result, "batch": batch, **size}
+
+
+def measure_config(config, batch: int, steps: int, warmup: int) -> dict:
+    """Tokens/s of the jitted step for a ModelConfig, on random tokens, after `warmup` steps."""
     model = AeroLM(config)
     optimizer = optim.adamw(1e-3)
     state = create_train_state(model, optimizer, jax.random.key(0))
@@ -50,9 +56,8 @@ def measure(name: str, penalty: bool, size: dict, batch: int, steps: int, warmup
         state, metrics = step(state, batches[i])
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    return {"preset": name, "penalty": penalty, "tokens_per_s": round(batch * config.max_len / seconds, 1),
-            "step_ms": round(seconds * 1e3, 2), "compile_s": round(compile_s, 2),
-            "loss": float(metrics["loss"]), "batch": batch, **size}
+    return {"tokens_per_s": round(batch * config.max_len / seconds, 1), "step_ms": round(seconds * 1e3, 2),
+            "compile_s": round(compile_s, 2), "loss": float(metrics["loss"])}
 
 
 def main():

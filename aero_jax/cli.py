@@ -1,0 +1,67 @@
+"""Console entry points: aero-train and aero-eval (absl flags, ml_collections config files).
+
+    aero-train --config=configs/default.py --workdir=workdirs/default [--config.train.num_steps=200]
+    aero-eval --workdir=workdirs/default
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from aero_jax.config import ConfigError
+
+FLAGS = flags.FLAGS
+
+
+def _define_train_flags():
+    config_flags.DEFINE_config_file("config", None, "A config file in configs/, e.g. configs/default.py[:variant].",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "The run directory (local path or gs://); rerunning resumes it.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _report(summary: dict) -> None:
+    lines = [f"workdir: {summary['workdir']} (metrics.jsonl, tensorboard/, checkpoints/, eval/, summary.json)"]
+    if "validation_perplexity" in summary:
+        lines = [f"validation perplexity: {summary['validation_perplexity']:.3f} "
+                 f"(loss {summary['validation_loss']:.4f}) after {summary['step']} steps of {summary['architecture']}",
+                 f"same validation data, unigram perplexity: {summary['unigram_perplexity']:.3f}",
+                 f"same validation data, bigram perplexity:  {summary['bigram_perplexity']:.3f}"] + lines
+    print("\n".join(lines), flush=True)
+
+
+def _train_main(argv):
+    del argv
+    from aero_jax.trainer import train
+
+    try:
+        summary = train(FLAGS.config, FLAGS.workdir)
+    except ConfigError as error:
+        sys.exit(f"aero-train: {error}")
+    _report(summary)
+
+
+def train():
+    _define_train_flags()
+    app.run(_train_main)
+
+
+def _eval_main(argv):
+    del argv
+    from aero_jax.evaluate import evaluate_workdir
+
+    try:
+        result = evaluate_workdir(FLAGS.workdir)
+    except ConfigError as error:
+        sys.exit(f"aero-eval: {error}")
+    print(json.dumps(result, indent=2), flush=True)
+
+
+def evaluate():
+    flags.DEFINE_string("workdir", None, "A run directory written by aero-train.")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(_eval_main)

@@ -1,0 +1,163 @@
+"""An on-disk array cache that is trusted only when complete and built for the same key.
+
+Layout in `cache_dir`, for `stem = <name>-<first 16 hex digits of sha256(key)>`:
+  <stem>.npy   the array, written first (temporary file, fsync, os.replace)
+  <stem>.json  the manifest (key, shape, dtype, byte count, sha256), written last the same way
+  <stem>.lock  an flock file, so concurrent builders of one key wait instead of racing
+A manifest is removed before its array is rewritten, so a manifest on disk always describes the
+array that was finished before it. Anything else (temporary files left by a crash, an array
+without manifest, a manifest that does not match) is never trusted, and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from typing import Callable, Optional
+
+import numpy as np
+
+from aero_jax.config import ConfigError
+
+FORMAT_VERSION = 1  # bump when the array layout or the manifest changes
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
+
+log = logging.getLogger(__name__)
+
+
+def cached_array(cache_dir: str, key: dict, build: Callable[[], np.ndarray], *, name: str) -> np.ndarray:
+    """The array for `key`: read (memory-mapped, read-only) when cached, else built and cached."""
+    if not _NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"cache name={name!r} is invalid; accepted: letters, digits, '_' and '-'")
+    if "://" in os.fspath(cache_dir):
+        raise ConfigError(f"cache_dir={cache_dir!r} is invalid; accepted: a local folder (the cache is memory-mapped)")
+    full_key = canonical_key(key)
+    os.makedirs(cache_dir, exist_ok=True)
+    stem = os.path.join(cache_dir, f"{name}-{key_digest(full_key)[:16]}")
+    array_path, manifest_path = stem + ".npy", stem + ".json"
+    with _exclusive_lock(stem + ".lock"):
+        cached = _load_trusted(array_path, manifest_path, full_key)
+        if cached is not None:
+            return cached
+        _remove_stale_temporaries(stem)
+        array = np.ascontiguousarray(build())
+        _remove_if_present(manifest_path)
+        _write_atomically(array_path, lambda f: np.save(f, array, allow_pickle=False))
+        manifest = _manifest(full_key, array)
+        _write_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    return np.load(array_path, mmap_mode="r")
+
+
+def canonical_key(key: dict) -> dict:
+    """The key with the format version added, as it reads back from JSON."""
+    try:
+        text = json.dumps({**key, "cache_format": FORMAT_VERSION}, sort_keys=True)
+    except TypeError as error:
+        raise ConfigError(f"cache key values must be JSON values (str, number, bool, list, dict): {error}") from error
+    return json.loads(text)
+
+
+def key_digest(full_key: dict) -> str:
+    """Hex sha256 of the key's sorted JSON: the same key gives the same file name everywhere."""
+    return hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()
+
+
+def _load_trusted(array_path: str, manifest_path: str, full_key: dict) -> Optional[np.ndarray]:
+    """The cached array if its manifest exists and matches it and the key; otherwise None."""
+    if not os.path.exists(manifest_path):
+        if os.path.exists(array_path):
+            log.warning("cache %s has no manifest (interrupted build); rebuilding", array_path)
+        return None
+    problem = _manifest_problem(array_path, manifest_path, full_key)
+    if problem:
+        log.warning("cache %s is not trusted (%s); rebuilding", array_path, problem)
+        return None
+    return np.load(array_path, mmap_mode="r")
+
+
+def _manifest_problem(array_path: str, manifest_path: str, full_key: dict) -> str:
+    """Why the cached files cannot be trusted, or "" when they can."""
+    try:
+        with open(manifest_path, "rb") as f:
+            manifest = json.loads(f.read())
+        promised = (list(manifest["shape"]), manifest["dtype"], int(manifest["nbytes"]))
+        manifest_key = manifest["key"]
+    except (ValueError, KeyError, TypeError) as error:
+        return f"unreadable manifest: {error!r}"
+    if manifest_key != full_key:
+        return "manifest key differs"
+    try:
+        array = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        return f"unreadable array: {error!r}"
+    found = (list(array.shape), str(array.dtype), os.path.getsize(array_path) - array.offset)
+    if found != promised:
+        return f"array has shape, dtype, bytes {found}; manifest says {promised}"
+    return ""
+
+
+def _manifest(full_key: dict, array: np.ndarray) -> dict:
+    """What a later call checks before trusting the array."""
+    return {
+        "key": full_key,
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "nbytes": int(array.nbytes),
+        "sha256": hashlib.sha256(array.data).hexdigest(),
+    }
+
+
+def _write_atomically(path: str, write: Callable) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename over `path`."""
+    folder, base = os.path.split(path)
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        _remove_if_present(temporary)
+        raise
+    _fsync_folder(folder)
+
+
+def _remove_stale_temporaries(stem: str) -> None:
+    """Delete temporary files a crashed build of this key left (safe: we hold its lock)."""
+    folder, base = os.path.split(stem)
+    for entry in os.listdir(folder):
+        if entry.startswith(f".{base}.") and entry.endswith(".tmp"):
+            log.warning("removing %s left by an interrupted cache build", entry)
+            _remove_if_present(os.path.join(folder, entry))
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: str):
+    """Hold an exclusive flock on `lock_path` (released by the OS if this process dies)."""
+    with open(lock_path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename durable (POSIX needs the directory entry flushed too)."""
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,170 @@
+"""From a TFDS dataset split to cached, packed token rows; and n-gram baselines to compare against.
+
+    dataset split (TFDS, ArrayRecord) -> tokenizer -> pack -> cached int32 [N, T] array on disk
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator, Mapping, Optional, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from aero_jax.config import ConfigError
+from aero_jax.data.cache import cached_array
+from aero_jax.data.packing import check_packing, pack
+from aero_jax.data.stdlib import prepare_stdlib
+from aero_jax.data.tokenizers import Tokenizer
+
+BUILTIN_DATASETS = ("python_stdlib",)
+NGRAM_ORDERS = (1, 2)
+_READ_BATCH = 256  # records fetched per random-access read
+
+
+def load_split(
+    *,
+    dataset: str,
+    split: str,
+    tokenizer: Tokenizer,
+    seq_len: int,
+    packing: str,
+    data_dir: str,
+    cache_dir: str,
+    source_dir: Optional[str] = None,
+) -> np.ndarray:
+    """Packed token rows int32 [N, seq_len] of one split, built once and then read from cache_dir.
+
+    `source_dir` (python_stdlib only) builds the dataset from that folder of .py files instead of
+    the interpreter's standard library.
+    """
+    check_packing(seq_len, packing)
+    sources, info = _open_dataset(dataset, data_dir, source_dir or None)
+    if split not in sources:
+        raise ConfigError(f"split={split!r} is invalid for {dataset}; accepted: {', '.join(sorted(sources))}")
+    source = sources[split]
+    key = {
+        "dataset": dataset,
+        "dataset_version": str(info.version),
+        "dataset_metadata": dict(info.metadata.items()) if isinstance(info.metadata, dict) else None,
+        "split": split,
+        "num_documents": len(source),
+        "tokenizer": tokenizer.fingerprint,
+        "seq_len": seq_len,
+        "packing": packing,
+    }
+
+    def build() -> np.ndarray:
+        texts = _texts(source, desc=f"tokenizing {dataset}/{split}")
+        rows_NxT = pack((tokenizer.encode(text) for text in texts), seq_len, packing, tokenizer.eot_id)
+        if rows_NxT.shape[0] == 0:
+            raise ConfigError(
+                f"split {split!r} of {dataset} yields no sequences of length T={seq_len}; "
+                f"use a shorter seq_len or packing='concat'"
+            )
+        return rows_NxT
+
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{dataset}_{split}_T{seq_len}_{packing}")
+    return cached_array(cache_dir, key, build, name=name)
+
+
+def ngram_perplexity(train_BxT: np.ndarray, eval_BxT: np.ndarray, *, order: int, vocab_size: int) -> float:
+    """Perplexity of an add-one-smoothed unigram (order 1) or bigram (order 2) model.
+
+    Fit and evaluated on exactly the targets the model's loss covers: tokens at positions
+    1..T-1 of each row, a bigram's context being the previous token in the same row. The model
+    fit on train_BxT is evaluated on eval_BxT; a baseline to print beside the model's perplexity.
+    """
+    if order not in NGRAM_ORDERS:
+        raise ConfigError(f"order={order!r} is invalid; accepted: {', '.join(map(str, NGRAM_ORDERS))}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
+        raise ConfigError(f"vocab_size={vocab_size!r} is invalid; accepted: a positive integer")
+    train_contexts, train_targets = _context_target_pairs(train_BxT, vocab_size, "train_BxT")
+    eval_contexts, eval_targets = _context_target_pairs(eval_BxT, vocab_size, "eval_BxT")
+    if order == 1:
+        counts_V = np.bincount(train_targets, minlength=vocab_size)
+        log_probs = np.log((counts_V[eval_targets] + 1.0) / (train_targets.size + vocab_size))
+    else:
+        train_pairs = train_contexts * vocab_size + train_targets
+        pair_counts = _lookup_counts(train_pairs, eval_contexts * vocab_size + eval_targets)
+        context_counts = np.bincount(train_contexts, minlength=vocab_size)[eval_contexts]
+        log_probs = np.log((pair_counts + 1.0) / (context_counts + vocab_size))
+    return float(np.exp(-log_probs.mean()))
+
+
+def _open_dataset(
+    dataset: str, data_dir: str, source_dir: Optional[str]
+) -> Tuple[Mapping[str, object], tfds.core.DatasetInfo]:
+    """Random-access sources by split name, and the dataset's info; prepares python_stdlib if needed."""
+    if not data_dir:
+        raise ConfigError(f"data_dir={data_dir!r} is invalid; accepted: the folder that holds (or will hold) {dataset}")
+    if dataset in BUILTIN_DATASETS:
+        builder = prepare_stdlib(data_dir, source_dir=source_dir)
+    elif source_dir:
+        raise ConfigError(f"source_dir={source_dir!r} is only used with dataset={BUILTIN_DATASETS[0]!r}, not {dataset!r}")
+    else:
+        builder = _prepared_builder(dataset, data_dir)
+    try:
+        return builder.as_data_source(), builder.info
+    except NotImplementedError as error:  # e.g. a dataset prepared as TFRecord
+        raise ConfigError(f"{dataset} in {data_dir} cannot be read by index; prepare it with "
+                          f"file_format='array_record' ({error})") from error
+
+
+def _prepared_builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """The builder of a dataset already prepared under data_dir, or an error listing what is there."""
+    if not tfds.core.Path(data_dir).is_dir():  # local or gs://
+        raise ConfigError(
+            f"data_dir={data_dir!r} does not exist; datasets other than {', '.join(BUILTIN_DATASETS)} "
+            f"must be prepared there first"
+        )
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        builder = None
+    if builder is None or not builder.is_prepared():
+        raise ConfigError(
+            f"dataset={dataset!r} is not prepared in {data_dir}; accepted: "
+            f"{', '.join(BUILTIN_DATASETS + _prepared_names(data_dir))}"
+        )
+    return builder
+
+
+def _prepared_names(data_dir: str) -> Tuple[str, ...]:
+    """Names (with config, if any) of the datasets prepared under data_dir."""
+    root = tfds.core.Path(data_dir)
+    infos = [*root.glob("*/*/dataset_info.json"), *root.glob("*/*/*/dataset_info.json")]
+    return tuple(sorted({os.fspath(info.parent.parent.relative_to(root)) for info in infos}))
+
+
+def _texts(source, *, desc: str) -> Iterator[str]:
+    """The `text` feature of every record, in order, decoded as UTF-8, with a progress bar."""
+    with tqdm(total=len(source), desc=desc, unit="doc") as progress:
+        for start in range(0, len(source), _READ_BATCH):
+            records = source.__getitems__(list(range(start, min(start + _READ_BATCH, len(source)))))
+            for record in records:
+                if "text" not in record:
+                    raise ConfigError(f"records have features {sorted(record)}; accepted: a dataset with a 'text' feature")
+                text = record["text"]
+                yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+            progress.update(len(records))
+
+
+def _context_target_pairs(tokens_BxT: np.ndarray, vocab_size: int, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(previous token, target) int64 [B * (T - 1)] for every position the loss covers."""
+    tokens_BxT = np.asarray(tokens_BxT)
+    if tokens_BxT.ndim != 2 or tokens_BxT.shape[0] < 1 or tokens_BxT.shape[1] < 2:
+        raise ConfigError(f"{name} has shape {tokens_BxT.shape}; accepted: [B >= 1, T >= 2] token rows")
+    if tokens_BxT.min() < 0 or tokens_BxT.max() >= vocab_size:
+        raise ConfigError(f"{name} holds ids {tokens_BxT.min()}..{tokens_BxT.max()}; accepted: 0..{vocab_size - 1}")
+    tokens_BxT = tokens_BxT.astype(np.int64)
+    return tokens_BxT[:, :-1].reshape(-1), tokens_BxT[:, 1:].reshape(-1)
+
+
+def _lookup_counts(train_codes: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
+    """How often each query code occurs among the train codes (sparse: no V x V table)."""
+    codes, counts = np.unique(train_codes, return_counts=True)
+    slots = np.minimum(np.searchsorted(codes, query_codes), codes.size - 1)
+    return np.where(codes[slots] == query_codes, counts[slots], 0)

@@ -1,0 +1,46 @@
+"""Evaluate a run directory: its newest checkpoint on the whole validation split."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+
+from aero_jax import data
+from aero_jax.checkpoint import Checkpointer
+from aero_jax.config import ConfigError
+from aero_jax.entropy import entropy_range_shares
+from aero_jax.train_step import create_train_state
+from aero_jax.trainer import CONFIG_FILE, _load_data, build, evaluate_rows
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ConfigError(f"workdir {workdir} has no {CONFIG_FILE}; accepted: a run directory written by aero-train")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(workdir: str, *, batch_size: int = 0) -> dict:
+    """Validation loss, perplexity and entropy shares of the newest readable checkpoint."""
+    config = load_run_config(workdir)
+    model, _, optimizer = build(config)
+    directory = os.path.join(workdir, "checkpoints")
+    restored = Checkpointer(directory).restore_latest(create_train_state(model, optimizer, jax.random.key(0)))
+    if restored is None:
+        raise ConfigError(f"workdir {workdir} has no readable checkpoint in {directory}; accepted: a run "
+                          f"directory with at least one saved step")
+    step, state, _ = restored
+    tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
+    _, val_rows = _load_data(config, tokenizer, model.config.max_len)
+    result = evaluate_rows(state.params, state.model_state, val_rows, model=model,
+                           batch_size=batch_size or config.train.eval_batch_size, max_batches=0)
+    out = {"workdir": workdir, "step": step, "architecture": config.model.preset, "validation_loss": result["loss"],
+           "validation_perplexity": result["perplexity"], "tokens": result["tokens"]}
+    if "head_entropy" in result:
+        out["head_entropy"] = result["head_entropy"].tolist()
+        out["entropy_range_shares"] = entropy_range_shares(result["head_entropy"]).tolist()
+    return out

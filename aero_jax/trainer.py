@@ -1,0 +1,311 @@
+"""The training loop: data, jitted steps, metrics, evaluation, checkpoints, exact resume.
+
+A workdir is the unit of work: config.json, checkpoints/, metrics.jsonl, tensorboard/, eval/ and
+summary.json live there, and rerunning the same command resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from aero_jax import data, flops
+from aero_jax.checkpoint import Checkpointer
+from aero_jax.config import ConfigError, ModelConfig, architecture_differences
+from aero_jax.model import AeroLM
+from aero_jax.optim import adamw, learning_rate_schedule
+from aero_jax.run_config import model_config_from, validate
+from aero_jax.run_log import RunLog, console
+from aero_jax.train_step import create_train_state, eval_step, jit_train_step
+
+CONFIG_FILE = "config.json"
+
+
+class Divergence(RuntimeError):
+    """The loss became non-finite and the recovery policy could not (or was told not to) recover."""
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model_config: ModelConfig) -> None:
+    """Save the resolved config, or refuse a workdir that holds another architecture."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        differences = architecture_differences(model_config_from(saved["model"]), model_config)
+        if differences:
+            listed = ", ".join(f"{k}={old!r} (this config: {new!r})" for k, old, new in differences)
+            raise ConfigError(f"workdir {workdir} holds another architecture: {listed}; "
+                              f"accepted: the same model config, or a new --workdir")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _load_data(config, tokenizer, seq_len: int):
+    d = config.data
+    common = dict(dataset=d.dataset, tokenizer=tokenizer, seq_len=seq_len, packing=d.packing,
+                  data_dir=os.path.expanduser(d.data_dir), cache_dir=os.path.expanduser(d.cache_dir),
+                  source_dir=os.path.expanduser(d.source_dir) if d.source_dir else None)
+    return data.load_split(split="train", **common), data.load_split(split="validation", **common)
+
+
+def evaluate_rows(params, model_state, rows_NxT: np.ndarray, *, model: AeroLM, batch_size: int,
+                  max_batches: int, eval_fn=None) -> dict:
+    """Validation loss, perplexity and head-entropy matrix over the first batches of `rows`."""
+    eval_fn = eval_fn or jax.jit(lambda p, s, t: eval_step(p, s, t, model=model))
+    count = min(len(rows_NxT) // batch_size, max_batches) if max_batches > 0 else len(rows_NxT) // batch_size
+    if count < 1:
+        raise ConfigError(f"validation split has {len(rows_NxT)} sequences, fewer than one batch of "
+                          f"{batch_size}; accepted: a smaller train.eval_batch_size")
+    total = None
+    for i in range(count):
+        sums = eval_fn(params, model_state, jnp.asarray(rows_NxT[i * batch_size:(i + 1) * batch_size]))
+        total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
+    total = jax.device_get(total)
+    loss = float(total["ce_sum"] / total["tokens"])
+    result = {"loss": loss, "perplexity": math.exp(min(loss, 80.0)), "tokens": int(total["tokens"])}
+    if "head_entropy_sum" in total:
+        result["head_entropy"] = total["head_entropy_sum"] / total["sequences"]
+    return result
+
+
+def build(config: ml_collections.ConfigDict):
+    """(model, learning-rate schedule, optimizer) of a run config."""
+    o = config.optim
+    schedule = learning_rate_schedule(o.peak_lr, config.train.num_steps, warmup_fraction=o.warmup_fraction,
+                                      decay=o.decay, end_fraction=o.end_lr_fraction, power=o.power)
+    optimizer = adamw(schedule, weight_decay=o.weight_decay, clip_norm=o.clip_norm, b1=o.b1, b2=o.b2, eps=o.eps,
+                      decay_embeddings=o.decay_embeddings)
+    return AeroLM(model_config_from(config.model)), schedule, optimizer
+
+
+class Trainer:
+    """One run of one config in one workdir; `run()` trains to the end or to a stop signal."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        validate(config)
+        self.config, self.workdir = config, workdir
+        self.model_config = model_config_from(config.model)
+        tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
+        data.check_vocab(tokenizer, self.model_config.vocab_size)
+        os.makedirs(workdir, exist_ok=True)
+        _check_workdir_config(workdir, config, self.model_config)
+        self.train_rows, self.val_rows = _load_data(config, tokenizer, self.model_config.max_len)
+
+        t = config.train
+        self.model, self.schedule, self.optimizer = build(config)
+        self.step_fn = jit_train_step(self.model, self.optimizer, schedule=self.schedule,
+                                      accum_steps=t.grad_accum_steps)
+        self.eval_fn = jax.jit(lambda p, s, x: eval_step(p, s, x, model=self.model))
+        self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+        self.log = RunLog(workdir, enabled=jax.process_index() == 0)
+        self.state = create_train_state(self.model, self.optimizer, jax.random.key(config.seed))
+        self.data_offset, self.recoveries = 0, 0
+        self.resumed_from = self._restore_latest()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _restore_latest(self) -> Optional[int]:
+        restored = self.checkpoints.restore_latest(self.state)
+        if restored is None:
+            return None
+        step, self.state, meta = restored
+        self.data_offset, self.recoveries = meta["data_offset"], meta["recoveries"]
+        self.log.truncate_after(step)
+        console(f"resumed from the checkpoint at step {step} in {self.workdir}")
+        return step
+
+    def _save(self, step: int) -> None:
+        self.checkpoints.save(step, self.state, {"data_offset": self.data_offset, "recoveries": self.recoveries})
+
+    def batch_for(self, step: int) -> np.ndarray:
+        """The rows of the global batch at `step`: a pure function of (seed, step, data offset)."""
+        t = self.config.train
+        indices = data.batch_indices(self.config.seed, step + self.data_offset, t.batch_size, len(self.train_rows),
+                                     process_index=jax.process_index(), process_count=jax.process_count())
+        return self.train_rows[indices]
+
+    # -- divergence ----------------------------------------------------------------------------
+
+    def _handle_divergence(self, step: int) -> int:
+        """Stop, or roll back to the last good checkpoint past the diverging data; returns the new step."""
+        r = self.config.recovery
+        last_good = self.checkpoints.steps()[-1] if self.checkpoints.steps() else None
+        indices = data.batch_indices(self.config.seed, step + self.data_offset, self.config.train.batch_size,
+                                     len(self.train_rows)).tolist()
+        bad_path = os.path.join(self.workdir, f"nonfinite_batch_step{step}.json")
+        with open(bad_path, "w") as f:
+            json.dump({"step": step, "data_step": step + self.data_offset, "indices": indices}, f)
+        where = f"last good checkpoint: step {last_good}" if last_good is not None else "no checkpoint yet"
+        if r.policy == "stop" or last_good is None or self.recoveries >= r.max_recoveries:
+            raise Divergence(f"non-finite loss at step {step} ({where}; the batch's indices are in {bad_path}); "
+                             f"recovery.policy={r.policy!r}, recoveries used {self.recoveries}/{r.max_recoveries}")
+        self.state, meta = self.checkpoints.restore(last_good, self.state)
+        self.data_offset = meta["data_offset"] + (step + 1 - last_good)
+        self.recoveries += 1
+        self.state = self.state.replace(lr_scale=self.state.lr_scale * r.lr_factor)
+        console(f"non-finite loss at step {step}: rolled back to step {last_good}, skipping {step + 1 - last_good} "
+                f"batches, learning-rate scale {float(self.state.lr_scale):.3g} (recovery {self.recoveries}"
+                f"/{r.max_recoveries})")
+        self.log.truncate_after(last_good)
+        return last_good
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train to train.num_steps (or until SIGTERM/SIGINT), evaluating and saving on schedule."""
+        t = self.config.train
+        step = int(self.state.step)
+        tokens_per_step = t.batch_size * self.model_config.max_len
+        window, pending, compile_s = [], None, None
+        window_start, window_steps = time.perf_counter(), 0  # timing excludes compilation and evaluation
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=t.num_steps, initial=step, disable=None if self.log.enabled else True, unit="step")
+        if step >= t.num_steps:  # a finished run: report it again
+            self._evaluate(step, bar)
+        with _StopSignal() as stop:
+            while step < t.num_steps:
+                started = time.perf_counter()
+                self.state, metrics = self.step_fn(self.state, self.batch_for(step))
+                if compile_s is None:
+                    jax.block_until_ready(metrics)
+                    compile_s = time.perf_counter() - started
+                    window_start = time.perf_counter()
+                else:
+                    window_steps += 1
+                diverged = self._collect(pending, window)  # the previous step's metrics, fetched late
+                pending, step = (step, metrics), step + 1
+                at_end = step == t.num_steps
+                boundary = (at_end or stop.received is not None
+                            or any(step % every == 0 for every in (t.log_every, t.eval_every, t.checkpoint_every)))
+                if diverged is None and boundary:
+                    diverged, pending = self._collect(pending, window), None
+                if diverged is not None:
+                    step, window, pending = self._handle_divergence(diverged), [], None
+                    bar.reset(total=t.num_steps)
+                    bar.update(step)
+                    continue
+                bar.update(1)
+                if window and (step % t.log_every == 0 or at_end or stop.received is not None):
+                    elapsed = time.perf_counter() - window_start
+                    speed = tokens_per_step * window_steps / elapsed if window_steps else None  # None: compile only
+                    self._log_train(step, window, speed, compile_s, bar)
+                    window, window_start, window_steps = [], time.perf_counter(), 0
+                if step % t.eval_every == 0 or at_end:
+                    eval_started = time.perf_counter()
+                    self._evaluate(step, bar)
+                    window_start += time.perf_counter() - eval_started
+                if step % t.checkpoint_every == 0 or at_end or stop.received is not None:
+                    self._save_checked(step)
+                if stop.received is not None:
+                    console(f"received signal {stop.received}: saved the checkpoint at step {step}; "
+                            f"rerun the same command to resume")
+                    break
+        bar.close()
+        self.checkpoints.wait()
+        return self._finish(step, stopped=stop.received is not None)
+
+    def _collect(self, pending, window) -> Optional[int]:
+        """Fetch a step's metrics; the step number if its loss is non-finite, else None."""
+        if pending is None:
+            return None
+        step, metrics = pending
+        host = jax.device_get(metrics)
+        if not np.isfinite(host["loss"]):
+            return step
+        window.append(host)
+        return None
+
+    def _save_checked(self, step: int) -> None:
+        if not bool(_all_finite(self.state.params)):
+            raise Divergence(f"non-finite parameters after step {step}; not saved (nothing is saved "
+                             f"that is not finite)")
+        self._save(step)
+
+    def _log_train(self, step: int, window, tokens_per_s: float, compile_s: float, bar) -> None:
+        summed = {"nonfinite_attention"}
+        metrics = {k: (np.sum if k in summed else np.mean)([w[k] for w in window], axis=0) for k in window[0]}
+        metrics["perplexity"] = math.exp(min(float(metrics["ce"]), 80.0))
+        if "head_entropy" in metrics:
+            metrics["layer_entropy"] = metrics.pop("head_entropy").mean(axis=-1)
+        metrics.update(tokens_per_s=tokens_per_s, compile_time_s=compile_s, step_time_s=None, mfu=None)
+        if tokens_per_s:
+            device = jax.devices()[0]
+            metrics.update(step_time_s=self.config.train.batch_size * self.model_config.max_len / tokens_per_s,
+                           mfu=flops.mfu(tokens_per_s, self.model_config, device.device_kind, jax.device_count()))
+        self.log.write(step, metrics)
+        if self.log.enabled:
+            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", ppl=f"{metrics['perplexity']:.3f}")
+            if bar.disable:
+                speed = f"{tokens_per_s:,.0f} tokens/s" if tokens_per_s else f"compiled in {compile_s:.1f} s"
+                console(f"step {step}: loss {float(metrics['loss']):.4f} ppl {metrics['perplexity']:.3f} {speed}")
+
+    def _evaluate(self, step: int, bar) -> dict:
+        t = self.config.train
+        result = evaluate_rows(self.state.params, self.state.model_state, self.val_rows, model=self.model,
+                               batch_size=t.eval_batch_size, max_batches=t.eval_batches, eval_fn=self.eval_fn)
+        if self.log.enabled and "head_entropy" in result:
+            os.makedirs(os.path.join(self.workdir, "eval"), exist_ok=True)
+            np.save(os.path.join(self.workdir, "eval", f"head_entropy_step{step}.npy"), result["head_entropy"])
+        self.log.write(step, result, kind="eval")
+        if self.log.enabled:
+            bar.write(f"step {step}: validation loss {result['loss']:.4f}, perplexity {result['perplexity']:.3f}")
+        self.last_eval = result
+        return result
+
+    def _finish(self, step: int, *, stopped: bool) -> dict:
+        summary = {"step": step, "stopped_by_signal": stopped, "workdir": self.workdir,
+                   "architecture": self.config.model.preset}
+        if not stopped:
+            vocab = self.model_config.vocab_size
+            summary.update(
+                validation_loss=self.last_eval["loss"], validation_perplexity=self.last_eval["perplexity"],
+                unigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=1, vocab_size=vocab),
+                bigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=2, vocab_size=vocab))
+            if self.log.enabled:
+                with open(os.path.join(self.workdir, "summary.json"), "w") as f:
+                    json.dump(summary, f, indent=2)
+        self.log.close()
+        self.checkpoints.close()
+        return summary
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train (or resume) the run of `config` in `workdir`; returns the run's summary."""
+    return Trainer(config, workdir).run()

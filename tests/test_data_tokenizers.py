@@ -1,0 +1,98 @@
+"""Tokenizers: byte round trips, a tiny trained BPE file, and the config errors."""
+
+import numpy as np
+import pytest
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from aero_jax.config import ConfigError
+from aero_jax.data import BPETokenizer, ByteTokenizer, check_vocab, make_tokenizer
+
+CORPUS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n", "x = [i * i for i in range(10)]\n"]
+
+
+@pytest.fixture
+def bpe_path(tmp_path):
+    """A tiny BPE tokenizer.json trained on a few strings, with <|endoftext|> as a special token."""
+    tokenizer = tokenizers.Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+def test_byte_tokenizer_encodes_utf8_bytes_and_round_trips():
+    tokenizer = ByteTokenizer()
+    ids = tokenizer.encode("aé€")
+    assert ids.dtype == np.int32
+    assert ids.tolist() == list("aé€".encode("utf-8"))
+    assert tokenizer.decode(ids) == "aé€"
+    assert tokenizer.decode([104, 105, 256, 33]) == "hi<|endoftext|>!"
+    assert (tokenizer.vocab_size, tokenizer.eot_id, tokenizer.fingerprint) == (257, 256, "byte-v1")
+
+
+def test_byte_decode_refuses_ids_outside_the_vocabulary():
+    with pytest.raises(ConfigError, match="0..256"):
+        ByteTokenizer().decode([65, 257])
+
+
+def test_bpe_tokenizer_loads_a_trained_file(bpe_path):
+    tokenizer = make_tokenizer("bpe", str(bpe_path))
+    assert isinstance(tokenizer, BPETokenizer)
+    reference = tokenizers.Tokenizer.from_file(str(bpe_path))
+    assert tokenizer.vocab_size == reference.get_vocab_size()
+    assert tokenizer.eot_id == reference.token_to_id("<|endoftext|>")
+    ids = tokenizer.encode(CORPUS[0])
+    assert ids.dtype == np.int32 and ids.size < len(CORPUS[0])  # merges were learned
+    assert tokenizer.decode(ids) == CORPUS[0]
+
+
+def test_bpe_fingerprint_follows_the_file_bytes(bpe_path, tmp_path):
+    first = BPETokenizer(str(bpe_path)).fingerprint
+    assert first == BPETokenizer(str(bpe_path)).fingerprint and len(first) == 64
+    changed = tmp_path / "changed.json"
+    changed.write_text(bpe_path.read_text().replace("<|endoftext|>", "<|endoftext|>", 1) + "\n")
+    assert BPETokenizer(str(changed)).fingerprint != first
+
+
+def test_bpe_without_end_of_text_token_is_refused(tmp_path):
+    tokenizer = tokenizers.Tokenizer(models.BPE())
+    tokenizer.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(vocab_size=100))
+    path = tmp_path / "no_eot.json"
+    tokenizer.save(str(path))
+    with pytest.raises(ConfigError, match=r"no <\|endoftext\|> token"):
+        BPETokenizer(str(path))
+
+
+@pytest.mark.parametrize(
+    "kind, path, message",
+    [
+        ("wordpiece", None, "accepted: byte, bpe"),
+        ("bpe", None, "needs path"),
+        ("bpe", "/nonexistent/tokenizer.json", "does not exist"),
+        ("byte", "/some/tokenizer.json", "only used with kind='bpe'"),
+    ],
+)
+def test_make_tokenizer_errors(kind, path, message):
+    with pytest.raises(ConfigError, match=message):
+        make_tokenizer(kind, path)
+
+
+def test_unparsable_tokenizer_file_is_refused(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not a valid tokenizers JSON file"):
+        make_tokenizer("bpe", str(path))
+
+
+def test_check_vocab_names_the_fix():
+    check_vocab(ByteTokenizer(), 257)
+    with pytest.raises(ConfigError) as error:
+        check_vocab(ByteTokenizer(), 50257)
+    assert str(error.value) == (
+        "model vocab_size=50257 does not match the byte tokenizer's 257; set model.vocab_size=257"
+    )

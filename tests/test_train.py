@@ -1,0 +1,189 @@
+"""The training system end to end on a small folder of Python files: resume, signals, bad input."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+
+import numpy as np
+import pytest
+
+from aero_jax import data
+from aero_jax.config import ConfigError
+from aero_jax.run_config import base_config, model_section
+from aero_jax.run_log import read_metrics
+from aero_jax.trainer import Divergence, Trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A few standard-library modules, at least three of them in the validation split."""
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p.name for p in stdlib.glob("*.py"))
+    val = [f for f in files if data.stdlib.split_of(f) == "validation"][:3]
+    train = [f for f in files if data.stdlib.split_of(f) == "train"][:25]
+    source = tmp_path_factory.mktemp("source")
+    for name in val + train:
+        shutil.copy(stdlib / name, source / name)
+    return {"source_dir": str(source), "data_dir": str(tmp_path_factory.mktemp("tfds")),
+            "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+
+
+def small_config(corpus, **train):
+    c = base_config()
+    c.model = model_section("EReg(SM(t)+ScFuFFN)", size="tiny", vocab_size=257, max_len=32)
+    c.data.update(corpus)
+    c.train.update(dict(num_steps=8, batch_size=4, log_every=1, eval_every=4, eval_batch_size=4, eval_batches=2,
+                        checkpoint_every=4), **train)
+    return c
+
+
+def train_losses(workdir):
+    return {r["step"]: r["loss"] for r in read_metrics(workdir) if r["kind"] == "train"}
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_a_straight_run(corpus, tmp_path, monkeypatch):
+    config = small_config(corpus)
+    straight = Trainer(config, str(tmp_path / "straight")).run()
+    assert straight["step"] == 8
+
+    original = Trainer.batch_for
+
+    def crash_at_six(self, step):
+        if step == 6:  # a kill that comes after the (asynchronous) save of step 4 has committed
+            self.checkpoints.wait()
+            raise SimulatedCrash
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "batch_for", crash_at_six)
+    with pytest.raises(SimulatedCrash):
+        Trainer(config, str(tmp_path / "resumed")).run()
+    monkeypatch.setattr(Trainer, "batch_for", original)
+    resumed = Trainer(config, str(tmp_path / "resumed"))
+    assert resumed.resumed_from == 4
+    resumed.run()
+    assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "straight")
+    assert sorted(train_losses(tmp_path / "straight")) == list(range(1, 9))
+
+
+def _cli(*args):
+    return [sys.executable, "-c", "from aero_jax.cli import train; train()", *args]
+
+
+def _overrides(corpus):
+    return [f"--config.data.{k}={v}" for k, v in corpus.items()]
+
+
+def test_sigterm_leaves_a_resumable_workdir(corpus, tmp_path):
+    workdir = tmp_path / "run"
+    cmd = _cli(f"--config={ROOT / 'configs' / 'default.py'}:smoke", f"--workdir={workdir}", *_overrides(corpus),
+               "--config.train.num_steps=100000", "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
+               "--config.train.eval_every=1000")
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+        time.sleep(0.5)
+    while time.time() < deadline and len(read_metrics(workdir)) < 3:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    saved = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
+    assert saved and max(saved) >= 3, saved
+    last = max(saved)
+
+    rerun = subprocess.run(_cli(f"--config={ROOT / 'configs' / 'default.py'}:smoke", f"--workdir={workdir}",
+                                *_overrides(corpus), f"--config.train.num_steps={last + 2}",
+                                "--config.train.eval_every=1000"),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed from the checkpoint at step {last}" in rerun.stderr
+    assert "validation perplexity" in rerun.stdout
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(corpus, tmp_path):
+    trainer = Trainer(small_config(corpus), str(tmp_path / "run"))
+    trainer.step_fn = _poison(trainer.step_fn, at_step=5, times=1)
+    with pytest.raises(Divergence, match=r"non-finite loss at step 5 \(last good checkpoint: step 4"):
+        trainer.run()
+    assert json.load(open(tmp_path / "run" / "nonfinite_batch_step5.json"))["indices"]
+
+
+def test_nonfinite_loss_rolls_back_when_asked(corpus, tmp_path):
+    config = small_config(corpus)
+    config.recovery.policy = "rollback"
+    trainer = Trainer(config, str(tmp_path / "run"))
+    trainer.step_fn = _poison(trainer.step_fn, at_step=5, times=1)
+    summary = trainer.run()
+    assert summary["step"] == 8 and trainer.recoveries == 1 and trainer.data_offset == 2
+    assert float(trainer.state.lr_scale) == 0.5
+    assert sorted(train_losses(tmp_path / "run")) == list(range(1, 9))
+
+
+def _poison(step_fn, *, at_step, times):
+    """A step function whose loss is NaN at `at_step` for its first `times` visits."""
+    visits = {"left": times}
+
+    def poisoned(state, batch):
+        step = int(state.step)
+        new_state, metrics = step_fn(state, batch)
+        if step == at_step and visits["left"]:
+            visits["left"] -= 1
+            metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+        return new_state, metrics
+
+    return poisoned
+
+
+def test_workdir_of_another_architecture_is_refused(corpus, tmp_path):
+    Trainer(small_config(corpus, num_steps=1), str(tmp_path / "run")).run()
+    other = small_config(corpus)
+    other.model = model_section("EReg(SM(t)+ScFuFFN)", size="tiny", num_layers=3, vocab_size=257, max_len=32)
+    with pytest.raises(ConfigError, match=r"num_layers=2 \(this config: 3\)"):
+        Trainer(other, str(tmp_path / "run"))
+
+
+def test_tokenizer_and_model_vocabulary_must_match(corpus, tmp_path):
+    config = small_config(corpus)
+    config.model.vocab_size = 300
+    with pytest.raises(ConfigError, match="257"):
+        Trainer(config, str(tmp_path / "run"))
+
+
+def test_empty_source_is_refused(corpus, tmp_path):
+    config = small_config(corpus)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config.data.update(source_dir=str(empty), data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(ConfigError):
+        Trainer(config, str(tmp_path / "run"))
+
+
+def test_unknown_config_field_is_named(tmp_path):
+    result = subprocess.run(_cli(f"--config={ROOT / 'configs' / 'default.py'}:smoke", f"--workdir={tmp_path}",
+                                 "--config.train.num_stepz=3"), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "num_stepz" in result.stderr
+
+
+def test_aero_eval_reports_a_workdir(corpus, tmp_path):
+    Trainer(small_config(corpus, num_steps=4), str(tmp_path / "run")).run()
+    result = subprocess.run([sys.executable, "-c", "from aero_jax.cli import evaluate; evaluate()",
+                             f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["step"] == 4 and report["validation_perplexity"] > 1
+    missing = subprocess.run([sys.executable, "-c", "from aero_jax.cli import evaluate; evaluate()",
+                              f"--workdir={tmp_path / 'nothing'}"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "no config.json" in missing.stderr
