@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-log = logging.getLogger(__name__)
+from aero_jax.run_log import console
 
 
 class Checkpointer:
     """A CheckpointManager over `directory` (local path or gs://) saving state plus JSON metadata."""
 
     def __init__(self, directory: str, *, keep: int = 3):
+        self.directory = epath.Path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self._manager = ocp.CheckpointManager(directory, options=options)
 
@@ -32,16 +33,31 @@ class Checkpointer:
         return restored.state, dict(restored.meta)
 
     def restore_latest(self, like: Any) -> Optional[Tuple[int, Any, dict]]:
-        """The newest checkpoint that restores; a corrupt or partial one is reported and skipped."""
+        """The newest checkpoint that restores; an unreadable one is reported and moved aside.
+
+        Moving it (to `<step>.unreadable`) keeps its files for inspection and lets the resumed
+        run save that step again.
+        """
         for step in reversed(self.steps()):
             try:
                 state, meta = self.restore(step, like)
             except Exception as error:  # orbax raises many types for unreadable files
-                log.warning("checkpoint at step %d is unreadable (%s: %s); trying the previous one",
-                            step, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                reason = str(error).splitlines()[0] if str(error) else ""
+                aside = self._move_aside(step)
+                console(f"checkpoint at step {step} is unreadable ({type(error).__name__}: {reason}); "
+                        f"moved to {aside}; trying the previous one")
                 continue
             return step, state, meta
         return None
+
+    def _move_aside(self, step: int) -> epath.Path:
+        target = self.directory / f"{step}.unreadable"
+        suffix = 1
+        while target.exists():
+            target, suffix = self.directory / f"{step}.unreadable{suffix}", suffix + 1
+        (self.directory / str(step)).rename(target)
+        self._manager.reload()
+        return target
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aero_jax.config import ConfigError
@@ -34,8 +34,14 @@ def _report(summary: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _quiet_libraries() -> None:
+    """Keep the console for the run's own lines: orbax and TFDS log every save and read at INFO."""
+    logging.set_verbosity(logging.ERROR)
+
+
 def _train_main(argv):
     del argv
+    _quiet_libraries()
     from aero_jax.trainer import train
 
     try:
@@ -52,6 +58,7 @@ def train():
 
 def _eval_main(argv):
     del argv
+    _quiet_libraries()
     from aero_jax.evaluate import evaluate_workdir
 
     try:

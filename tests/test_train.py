@@ -146,6 +146,21 @@ def _poison(step_fn, *, at_step, times):
     return poisoned
 
 
+def test_unreadable_checkpoint_is_reported_and_the_previous_one_used(corpus, tmp_path, capfd):
+    config = small_config(corpus)
+    Trainer(config, str(tmp_path / "run")).run()
+    state_dir = tmp_path / "run" / "checkpoints" / "8" / "state"
+    for path in state_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
+            path.write_bytes(b"\0" * 7)
+    trainer = Trainer(config, str(tmp_path / "run"))
+    assert trainer.resumed_from == 4
+    assert "checkpoint at step 8 is unreadable" in capfd.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "8.unreadable").is_dir()
+    trainer.run()
+    assert (tmp_path / "run" / "checkpoints" / "8").is_dir()
+
+
 def test_workdir_of_another_architecture_is_refused(corpus, tmp_path):
     Trainer(small_config(corpus, num_steps=1), str(tmp_path / "run")).run()
     other = small_config(corpus)
