@@ -55,7 +55,8 @@ class Checkpointer:
         suffix = 1
         while target.exists():
             target, suffix = self.directory / f"{step}.unreadable{suffix}", suffix + 1
-        (self.directory / str(step)).rename(target)
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(target)
         self._manager.reload()
         return target
 

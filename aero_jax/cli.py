@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from aero_jax import distributed
 from aero_jax.config import ConfigError
 
 FLAGS = flags.FLAGS
@@ -21,10 +23,15 @@ def _define_train_flags():
     config_flags.DEFINE_config_file("config", None, "A config file in configs/, e.g. configs/default.py[:variant].",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "The run directory (local path or gs://); rerunning resumes it.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs off TPU pods.")
+    flags.DEFINE_integer("num_processes", None, "How many processes the run has (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _report(summary: dict) -> None:
+    if jax.process_index() != 0:
+        return
     lines = [f"workdir: {summary['workdir']} (metrics.jsonl, tensorboard/, checkpoints/, eval/, summary.json)"]
     if "validation_perplexity" in summary:
         lines = [f"validation perplexity: {summary['validation_perplexity']:.3f} "
@@ -45,6 +52,7 @@ def _train_main(argv):
     from aero_jax.trainer import train
 
     try:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         summary = train(FLAGS.config, FLAGS.workdir)
     except ConfigError as error:
         sys.exit(f"aero-train: {error}")

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import ml_collections
 
-from aero_jax import presets
+from aero_jax import presets, sharding
 from aero_jax.config import ConfigError, ModelConfig, field_names
 
 RECOVERY_POLICIES = ("stop", "rollback")
@@ -61,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=50, eval_every=500, eval_batch_size=32, eval_batches=20,  # eval_batches <= 0: all
         checkpoint_every=500, keep_checkpoints=3,
     ))
+    # Device mesh (data, fsdp, tensor; one size may be -1 for the devices left) and the table
+    # mapping logical axis names onto mesh axes ("" replicates); see aero_jax/sharding.py.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = ml_collections.ConfigDict(dict(sharding.RULES))
     c.recovery = ml_collections.ConfigDict(dict(
         policy="stop",  # stop | rollback (to the last good checkpoint, skipping the diverging data)
         max_recoveries=3, lr_factor=0.5,  # rollback: at most this many, each scaling the learning rate

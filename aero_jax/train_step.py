@@ -45,7 +45,8 @@ def _accumulated_grads(params, model_state, tokens_BxT, model, accum_steps: int)
     """Mean gradients and metrics over microbatches, carrying the model state through them."""
     if accum_steps == 1:
         return _grads(params, model_state, tokens_BxT, model)
-    micro_AxMxT = tokens_BxT.reshape(accum_steps, -1, tokens_BxT.shape[-1])
+    # Strided microbatches (rows a, a + A, a + 2A, ...) keep each one spread over the batch shards.
+    micro_AxMxT = tokens_BxT.reshape(-1, accum_steps, tokens_BxT.shape[-1]).swapaxes(0, 1)
 
     def one(carry, tokens_MxT):
         grad_sum, metric_sum, state = carry
@@ -84,11 +85,18 @@ def train_step(state: TrainState, tokens_BxT: jnp.ndarray, *, model: AeroLM,
 
 
 def jit_train_step(model: AeroLM, optimizer: optax.GradientTransformation, *,
-                   schedule: Optional[optax.Schedule] = None, accum_steps: int = 1):
-    """train_step with its configuration bound, jitted once, the state donated."""
+                   schedule: Optional[optax.Schedule] = None, accum_steps: int = 1,
+                   state_shardings=None, batch_sharding=None, metrics_sharding=None):
+    """train_step with its configuration bound, jitted once, the state donated.
+
+    With shardings, the step runs as one SPMD program over their mesh (jit's in/out shardings).
+    """
     step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
                              accum_steps=accum_steps)
-    return jax.jit(step, donate_argnums=0)
+    if state_shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, metrics_sharding), donate_argnums=0)
 
 
 def eval_step(params, model_state, tokens_BxT: jnp.ndarray, *, model: AeroLM) -> dict:

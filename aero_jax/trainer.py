@@ -6,6 +6,7 @@ summary.json live there, and rerunning the same command resumes from the newest 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from aero_jax import data, flops
+from aero_jax import data, distributed, flops, sharding
 from aero_jax.checkpoint import Checkpointer
 from aero_jax.config import ConfigError, ModelConfig, architecture_differences
 from aero_jax.model import AeroLM
@@ -35,13 +36,19 @@ class Divergence(RuntimeError):
 
 
 class _StopSignal:
-    """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop checks between steps."""
+    """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop checks between steps.
+
+    With several processes, JAX's preemption sync point decides instead, so that every host
+    saves the same step; the handlers are then left to JAX.
+    """
 
     def __init__(self):
         self.received: Optional[int] = None
         self._previous = {}
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            return self
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -65,10 +72,11 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model
             listed = ", ".join(f"{k}={old!r} (this config: {new!r})" for k, old, new in differences)
             raise ConfigError(f"workdir {workdir} holds another architecture: {listed}; "
                               f"accepted: the same model config, or a new --workdir")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def _load_data(config, tokenizer, seq_len: int):
@@ -80,8 +88,11 @@ def _load_data(config, tokenizer, seq_len: int):
 
 
 def evaluate_rows(params, model_state, rows_NxT: np.ndarray, *, model: AeroLM, batch_size: int,
-                  max_batches: int, eval_fn=None) -> dict:
-    """Validation loss, perplexity and head-entropy matrix over the first batches of `rows`."""
+                  max_batches: int, eval_fn=None, put=jnp.asarray) -> dict:
+    """Validation loss, perplexity and head-entropy matrix over the first batches of `rows`.
+
+    `put` turns a batch of rows (the same on every process) into the device array.
+    """
     eval_fn = eval_fn or jax.jit(lambda p, s, t: eval_step(p, s, t, model=model))
     count = min(len(rows_NxT) // batch_size, max_batches) if max_batches > 0 else len(rows_NxT) // batch_size
     if count < 1:
@@ -89,7 +100,7 @@ def evaluate_rows(params, model_state, rows_NxT: np.ndarray, *, model: AeroLM, b
                           f"{batch_size}; accepted: a smaller train.eval_batch_size")
     total = None
     for i in range(count):
-        sums = eval_fn(params, model_state, jnp.asarray(rows_NxT[i * batch_size:(i + 1) * batch_size]))
+        sums = eval_fn(params, model_state, put(rows_NxT[i * batch_size:(i + 1) * batch_size]))
         total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
     total = jax.device_get(total)
     loss = float(total["ce_sum"] / total["tokens"])
@@ -124,12 +135,24 @@ class Trainer:
 
         t = config.train
         self.model, self.schedule, self.optimizer = build(config)
+        self.mesh = sharding.make_mesh(dict(config.mesh))
+        rules = dict(config.sharding_rules)
+        sharding.check_batch_divisible(t.batch_size // t.grad_accum_steps, self.mesh, "train.batch_size per "
+                                       "accumulation step", rules)
+        sharding.check_batch_divisible(t.eval_batch_size, self.mesh, "train.eval_batch_size", rules)
+        init = functools.partial(create_train_state, self.model, self.optimizer, jax.random.key(config.seed))
+        self.state_shardings = sharding.tree_shardings(jax.eval_shape(init), self.mesh, rules)
+        self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
+        replicated = sharding.replicated(self.mesh)
+        self.state = jax.jit(init, out_shardings=self.state_shardings)()  # born sharded
         self.step_fn = jit_train_step(self.model, self.optimizer, schedule=self.schedule,
-                                      accum_steps=t.grad_accum_steps)
-        self.eval_fn = jax.jit(lambda p, s, x: eval_step(p, s, x, model=self.model))
+                                      accum_steps=t.grad_accum_steps, state_shardings=self.state_shardings,
+                                      batch_sharding=self.batch_sharding, metrics_sharding=replicated)
+        self.eval_fn = jax.jit(lambda p, s, x: eval_step(p, s, x, model=self.model),
+                               in_shardings=(self.state_shardings.params, self.state_shardings.model_state,
+                                             self.batch_sharding), out_shardings=replicated)
         self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
         self.log = RunLog(workdir, enabled=jax.process_index() == 0)
-        self.state = create_train_state(self.model, self.optimizer, jax.random.key(config.seed))
         self.data_offset, self.recoveries = 0, 0
         self.resumed_from = self._restore_latest()
 
@@ -164,8 +187,9 @@ class Trainer:
         indices = data.batch_indices(self.config.seed, step + self.data_offset, self.config.train.batch_size,
                                      len(self.train_rows)).tolist()
         bad_path = os.path.join(self.workdir, f"nonfinite_batch_step{step}.json")
-        with open(bad_path, "w") as f:
-            json.dump({"step": step, "data_step": step + self.data_offset, "indices": indices}, f)
+        if self.log.enabled:
+            with open(bad_path, "w") as f:
+                json.dump({"step": step, "data_step": step + self.data_offset, "indices": indices}, f)
         where = f"last good checkpoint: step {last_good}" if last_good is not None else "no checkpoint yet"
         if r.policy == "stop" or last_good is None or self.recoveries >= r.max_recoveries:
             raise Divergence(f"non-finite loss at step {step} ({where}; the batch's indices are in {bad_path}); "
@@ -197,7 +221,8 @@ class Trainer:
         with _StopSignal() as stop:
             while step < t.num_steps:
                 started = time.perf_counter()
-                self.state, metrics = self.step_fn(self.state, self.batch_for(step))
+                batch = sharding.put_local_batch(self.batch_for(step), self.batch_sharding)
+                self.state, metrics = self.step_fn(self.state, batch)
                 if compile_s is None:
                     jax.block_until_ready(metrics)
                     compile_s = time.perf_counter() - started
@@ -207,6 +232,8 @@ class Trainer:
                 diverged = self._collect(pending, window)  # the previous step's metrics, fetched late
                 pending, step = (step, metrics), step + 1
                 at_end = step == t.num_steps
+                if distributed.reached_preemption_point(step):  # every host stops at this same step
+                    stop.received = signal.SIGTERM
                 boundary = (at_end or stop.received is not None
                             or any(step % every == 0 for every in (t.log_every, t.eval_every, t.checkpoint_every)))
                 if diverged is None and boundary:
@@ -274,7 +301,8 @@ class Trainer:
     def _evaluate(self, step: int, bar) -> dict:
         t = self.config.train
         result = evaluate_rows(self.state.params, self.state.model_state, self.val_rows, model=self.model,
-                               batch_size=t.eval_batch_size, max_batches=t.eval_batches, eval_fn=self.eval_fn)
+                               batch_size=t.eval_batch_size, max_batches=t.eval_batches, eval_fn=self.eval_fn,
+                               put=functools.partial(sharding.put_global_batch, sharding=self.batch_sharding))
         if self.log.enabled and "head_entropy" in result:
             os.makedirs(os.path.join(self.workdir, "eval"), exist_ok=True)
             np.save(os.path.join(self.workdir, "eval", f"head_entropy_step{step}.npy"), result["head_entropy"])

@@ -16,7 +16,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 
 from aero_jax import optim, presets
 from aero_jax.model import AeroLM

@@ -1,6 +1,5 @@
 """The EReg penalty against an independent NumPy implementation of both readings."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

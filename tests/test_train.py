@@ -3,37 +3,20 @@
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 
 import numpy as np
 import pytest
 
-from aero_jax import data
 from aero_jax.config import ConfigError
 from aero_jax.run_config import base_config, model_section
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Divergence, Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    """A few standard-library modules, at least three of them in the validation split."""
-    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p.name for p in stdlib.glob("*.py"))
-    val = [f for f in files if data.stdlib.split_of(f) == "validation"][:3]
-    train = [f for f in files if data.stdlib.split_of(f) == "train"][:25]
-    source = tmp_path_factory.mktemp("source")
-    for name in val + train:
-        shutil.copy(stdlib / name, source / name)
-    return {"source_dir": str(source), "data_dir": str(tmp_path_factory.mktemp("tfds")),
-            "cache_dir": str(tmp_path_factory.mktemp("cache"))}
 
 
 def small_config(corpus, **train):
