@@ -48,6 +48,7 @@ def _assert_same_losses(losses, reference):
     np.testing.assert_allclose([losses[str(s)] for s in steps], [reference[s] for s in steps], rtol=1e-5)
 
 
+@pytest.mark.slow  # fake-device subprocesses: about a minute each
 def test_every_mesh_gives_the_single_device_losses_and_the_declared_layout(corpus, tmp_path, single_device_losses):
     runs = [{"mesh": m, "workdir": str(tmp_path / n)} for n, m in MESHES.items()]
     results = _results(_launch({"corpus": corpus, "runs": runs}, tmp_path, 8))
@@ -66,6 +67,7 @@ def test_every_mesh_gives_the_single_device_losses_and_the_declared_layout(corpu
     assert by_mesh["data2_fsdp2_tensor2"]["block_0/ffn/fc_in/kernel"] == ["fsdp", "tensor"]
 
 
+@pytest.mark.slow  # fake-device subprocesses: about a minute each
 def test_a_checkpoint_from_one_mesh_resumes_on_another(corpus, tmp_path, single_device_losses):
     workdir = str(tmp_path / "run")
     runs = [{"mesh": MESHES["data8"], "workdir": workdir, "crash_at": 6},
@@ -81,6 +83,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # fake-device subprocesses: about a minute each
 def test_two_processes_on_localhost_match_one(corpus, tmp_path, single_device_losses):
     port, workdir = _free_port(), str(tmp_path / "run")
     processes = []
