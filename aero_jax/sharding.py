@@ -66,6 +66,15 @@ def make_mesh(axis_sizes: Mapping[str, int], devices: Optional[Sequence] = None)
     return Mesh(grid, MESH_AXES)
 
 
+def check_rules(rules: Mapping[str, str]) -> None:
+    """Every rule names known mesh axes (comma-separated, "" to replicate)."""
+    for logical, axes in rules.items():
+        bad = [a for a in str(axes).split(",") if a and a not in MESH_AXES]
+        if bad:
+            raise ConfigError(f"sharding_rules.{logical}={axes!r} names unknown mesh axis {', '.join(bad)}; "
+                              f"accepted: comma-separated names from {', '.join(MESH_AXES)}, or '' to replicate")
+
+
 def logical_axes(path: Tuple, ndim: int) -> Tuple[Optional[str], ...]:
     """Logical axis names of a parameter (or its optimizer moment) from its tree path."""
     names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]

@@ -137,6 +137,7 @@ class Trainer:
         self.model, self.schedule, self.optimizer = build(config)
         self.mesh = sharding.make_mesh(dict(config.mesh))
         rules = dict(config.sharding_rules)
+        sharding.check_rules(rules)
         sharding.check_batch_divisible(t.batch_size // t.grad_accum_steps, self.mesh, "train.batch_size per "
                                        "accumulation step", rules)
         sharding.check_batch_divisible(t.eval_batch_size, self.mesh, "train.eval_batch_size", rules)

@@ -112,3 +112,22 @@ def test_indivisible_dimensions_stay_replicated():
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     spec = sharding.partition_spec(("vocab", "embed"), (257, 32), mesh, {"vocab": "tensor", "embed": "fsdp"})
     assert spec == PartitionSpec(None, None)  # axes of size 1 shard nothing
+
+
+def test_rules_naming_an_unknown_mesh_axis_are_refused():
+    with pytest.raises(ConfigError, match="sharding_rules.embed='model' names unknown mesh axis model"):
+        sharding.check_rules({"embed": "model", "heads": "tensor", "layers": ""})
+
+
+def test_a_batch_the_batch_shards_do_not_divide_is_refused():
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    sharding.check_batch_divisible(3, mesh, "train.batch_size")
+    with pytest.raises(ConfigError, match="train.batch_size=6 is invalid for a mesh with 4 batch shards"):
+        sharding.check_batch_divisible(6, _FakeMesh({"data": 2, "fsdp": 2, "tensor": 2}), "train.batch_size")
+
+
+class _FakeMesh:
+    """Only the axis sizes, which is all the batch check reads."""
+
+    def __init__(self, shape):
+        self.shape = shape
