@@ -1,0 +1,91 @@
+"""The papers' figures from runs' saved data (matplotlib, Agg): one function per figure, runs side by side.
+
+Each function takes {run label: data} and returns a Figure, so tests can read the plotted values.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from aero_jax.entropy import ENTROPY_RANGE_EDGES  # noqa: E402
+
+RANGE_LABELS = tuple(f"[{lo:g}M, {hi:g}M{']' if hi == 1 else ')'}"
+                     for lo, hi in zip(ENTROPY_RANGE_EDGES[:-1], ENTROPY_RANGE_EDGES[1:]))
+
+
+def _side_by_side(count: int, width: float = 5.5, height: float = 4.0):
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def heatmaps(matrices: Dict[str, np.ndarray], *, title: str, value_label: str, fmt: str = "{:.2f}"):
+    """One layers x heads heatmap per run, the value printed in every cell."""
+    fig, axes = _side_by_side(len(matrices))
+    for ax, (label, matrix) in zip(axes, matrices.items()):
+        matrix = np.asarray(matrix, float)
+        image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+        for (row, col), value in np.ndenumerate(matrix):
+            ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=7, color="white")
+        ax.set(title=label, xlabel="head", ylabel="layer", xticks=range(matrix.shape[1]),
+               yticks=range(matrix.shape[0]))
+        fig.colorbar(image, ax=ax, label=value_label)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def range_shares(shares: Dict[str, np.ndarray], *, title: str):
+    """Share of heads in each entropy range, one bar group per run."""
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(shares), 3.8))
+    width = 0.8 / len(RANGE_LABELS)
+    for i, label in enumerate(RANGE_LABELS):
+        values = [100 * np.asarray(s)[i] for s in shares.values()]
+        ax.bar(np.arange(len(shares)) + (i - 1.5) * width, values, width, label=label)
+    ax.set(xticks=range(len(shares)), xticklabels=list(shares), ylabel="share of heads (%)", title=title)
+    ax.legend(title="entropy range (M: largest head entropy)", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_layer_curves(series: Dict[str, Tuple[List[int], np.ndarray]], *, title: str, value_label: str):
+    """One panel per run: a line per layer over training steps (values [steps, layers])."""
+    fig, axes = _side_by_side(len(series))
+    for ax, (label, (steps, values)) in zip(axes, series.items()):
+        values = np.asarray(values, float)
+        for layer in range(values.shape[1]):
+            ax.plot(steps, values[:, layer], label=f"layer {layer}")
+        ax.set(title=label, xlabel="training step", ylabel=value_label)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def temperature_summary(temperatures: Dict[str, np.ndarray], *, title: str):
+    """Learned temperatures t [layers, heads, positions]: mean over positions per head, with the range."""
+    fig, axes = _side_by_side(len(temperatures))
+    for ax, (label, t_LxHxT) in zip(axes, temperatures.items()):
+        t = np.asarray(t_LxHxT, float)
+        layers = np.arange(t.shape[0])
+        for head in range(t.shape[1]):
+            ax.errorbar(layers + 0.08 * head, t[:, head].mean(-1),
+                        yerr=[t[:, head].mean(-1) - t[:, head].min(-1), t[:, head].max(-1) - t[:, head].mean(-1)],
+                        fmt="o", capsize=2, label=f"head {head}")
+        ax.set(title=label, xlabel="layer", ylabel="temperature t (mean, min-max over positions)", yscale="log",
+               xticks=layers)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path: str) -> str:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
