@@ -42,6 +42,7 @@ class ModelConfig:
     ln_ffn: bool = True
     ln_final: bool = True
     ln_epsilon: float = 1e-5
+    ln_frozen: bool = False  # every LayerNorm replaced by its calibrated affine substitute (section 9)
 
     # Feed-forward network.
     activation: str = "gelu"

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 NORMS = ("none", "weight", "spectral")
 SPECTRAL_COLLECTION = "spectral"
+LN_CALIBRATION = "ln_calibration"  # frozen LayerNorm scales: the inference-time substitute
+LN_STD_NAME = "ln_std"
 _TINY = 1e-12
 
 
@@ -87,3 +89,35 @@ class Linear(nn.Module):
             if not self.is_initializing():
                 u.value = u_O
         return (kernel32 / spectral_sigma(kernel32, u_O)).astype(kernel.dtype)
+
+
+class LayerNorm(nn.Module):
+    """GPT-2's LayerNorm, or its inference-time substitute (method file, section 9).
+
+    `frozen=False`: y = gamma (x - mean(x)) / sqrt(var(x) + eps) + beta; the mean over tokens of
+    the per-token scale sqrt(var + eps) is sown (`ln_std`) for calibration. `frozen=True`: the
+    per-token scale is replaced by that calibrated constant (collection `ln_calibration`), which
+    leaves a sample-independent linear map that can be folded into the next linear layer.
+    """
+
+    epsilon: float = 1e-5
+    frozen: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        centered = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        if self.frozen:
+            std = self.variable(LN_CALIBRATION, "std", lambda: jnp.ones((), jnp.float32)).value
+            normalized = centered / std
+        else:
+            inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(centered), axis=-1, keepdims=True) + self.epsilon)
+            self.sow("intermediates", LN_STD_NAME, jnp.mean(1.0 / inv_std))
+            normalized = centered * inv_std
+        expand = (1,) * (x.ndim - 1) + (-1,)
+        return (normalized * scale.reshape(expand) + bias.reshape(expand)).astype(self.dtype)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from aero_jax.config import ModelConfig
 from aero_jax.entropy import attention_entropy
-from aero_jax.layers import SPECTRAL_COLLECTION, Linear
+from aero_jax.layers import SPECTRAL_COLLECTION, LayerNorm, Linear
 
 ENTROPY_NAME = "attention_entropy"
 NONFINITE_NAME = "attention_nonfinite"
@@ -31,9 +31,9 @@ def _linear(c: ModelConfig, features: int, group: str, *, residual: bool = False
                   dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), name=name)
 
 
-def _layer_norm(c: ModelConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=c.ln_epsilon, dtype=jnp.dtype(c.dtype),
-                        param_dtype=jnp.dtype(c.param_dtype), name=name)
+def _layer_norm(c: ModelConfig, name: str) -> LayerNorm:
+    return LayerNorm(epsilon=c.ln_epsilon, frozen=c.ln_frozen, dtype=jnp.dtype(c.dtype),
+                     param_dtype=jnp.dtype(c.param_dtype), name=name)
 
 
 def causal_mask(seq_len: int) -> jnp.ndarray:

@@ -69,7 +69,7 @@ def nonlinear_ops(c: ModelConfig, seq_len: int) -> Dict[str, Tuple[int, int, int
     ops = {"SM": (L * c.num_heads, T, T)}
     # The papers count the LayerNorms inside blocks (LN2 only where a block has an FFN); the
     # final LayerNorm is left out, as in their tables (its cost falls into the fitted head term).
-    layer_norms = L * int(c.ln_attn) + ffn_count * int(c.ln_ffn)
+    layer_norms = 0 if c.ln_frozen else L * int(c.ln_attn) + ffn_count * int(c.ln_ffn)  # frozen: linear
     if layer_norms:
         ops["LN"] = (layer_norms, T, c.d_model)
     op = _ACTIVATION_OPS.get(c.activation)

@@ -1,0 +1,174 @@
+"""The inference-time LayerNorm substitute (method file, section 9): calibrate, freeze, fold, report.
+
+A LayerNorm is gamma (x - mean(x)) / s(x) + beta with a per-token scale s(x). Calibration
+replaces s(x) by its mean over a calibration set (one constant per site); what is left is the
+linear map x -> (x C) diag(gamma / s) + beta, C = I - 11^T / d, which folds into the next linear
+layer: LN1 into the query, key and value kernels, LN2 into the FFN's first (or fused) kernel.
+The final LayerNorm stays as that explicit linear map, since the LM head is tied to the input
+embedding. None of it is a nonlinear operation in private inference.
+
+    aero-ln-substitute --workdir W [--calibration-batches 8] [--finetune-steps 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aero_jax import data
+from aero_jax.checkpoint import Checkpointer
+from aero_jax.config import ConfigError, ModelConfig
+from aero_jax.evaluate import load_run_config
+from aero_jax.layers import LN_CALIBRATION, LN_STD_NAME
+from aero_jax.model import AeroLM
+from aero_jax.optim import adamw
+from aero_jax.pi.cost import pi_cost
+from aero_jax.train_step import TrainState, create_train_state, jit_train_step
+from aero_jax.trainer import _load_data, build, evaluate_rows
+
+
+def _sites(c: ModelConfig):
+    """(path, LayerNorm name) of every LayerNorm in the model."""
+    for layer in range(c.num_layers):
+        if c.ln_attn:
+            yield (f"block_{layer}",), "ln_attn"
+        if c.ln_ffn and c.has_ffn(layer):
+            yield (f"block_{layer}",), "ln_ffn"
+    if c.ln_final:
+        yield (), "ln_final"
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def calibrate(model: AeroLM, params, rows_NxT: np.ndarray, *, batch_size: int, batches: int) -> dict:
+    """The `ln_calibration` collection: each site's mean per-token scale over the calibration rows."""
+    c = model.config
+    if c.ln_frozen or not (c.ln_attn or c.ln_ffn or c.ln_final):
+        raise ConfigError("the model has no LayerNorm to substitute; accepted: a model trained with LayerNorm")
+    apply = jax.jit(lambda p, t: model.apply({"params": p}, t, mutable=["intermediates"])[1]["intermediates"])
+    count = min(batches, len(rows_NxT) // batch_size)
+    if count < 1:
+        raise ConfigError(f"{len(rows_NxT)} calibration rows are fewer than one batch of {batch_size}")
+    sums: Dict = {}
+    for i in range(count):
+        sown = apply(params, jnp.asarray(rows_NxT[i * batch_size:(i + 1) * batch_size]))
+        for path, name in _sites(c):
+            key = path + (name,)
+            sums[key] = sums.get(key, 0.0) + float(_at(sown, key)[LN_STD_NAME][0])
+    calibration: Dict = {}
+    for key, total in sums.items():
+        node = calibration
+        for part in key:
+            node = node.setdefault(part, {})
+        node["std"] = jnp.asarray(total / count, jnp.float32)
+    return calibration
+
+
+def _fold_kernel(kernel_DxO, bias_O, scale_D, beta_D, std):
+    """Fold x -> (x C) diag(gamma / std) + beta into the linear layer (kernel, bias) after it."""
+    scaled = (scale_D / std)[:, None] * kernel_DxO
+    folded = scaled - jnp.mean(scaled, axis=0, keepdims=True)  # C is symmetric: C @ scaled
+    return folded, bias_O + beta_D @ kernel_DxO
+
+
+def fold(config: ModelConfig, params, calibration) -> tuple:
+    """(config, params, calibration) of the folded model: LN1 and LN2 gone, the final one frozen."""
+    if config.weight_norm or config.spectral_norm:
+        raise ConfigError("weight_norm or spectral_norm is invalid with folding; accepted: plain linear layers")
+    params = jax.tree_util.tree_map(lambda x: x, params)  # a copy we may edit
+    for path, name in _sites(config):
+        if name == "ln_final":
+            continue
+        block = _at(params, path)
+        ln = block.pop(name)
+        std = _at(calibration, path + (name,))["std"]
+        targets = [block["attn"][k] for k in ("query", "key", "value")] if name == "ln_attn" else \
+            [block["ffn"]["fused" if config.ffn_fused else "fc_in"]]
+        for layer in targets:
+            layer["kernel"], layer["bias"] = _fold_kernel(layer["kernel"], layer["bias"], ln["scale"], ln["bias"], std)
+    folded_config = config.replace(ln_attn=False, ln_ffn=False, ln_frozen=True)
+    folded_calibration = {"ln_final": calibration["ln_final"]} if config.ln_final else {}
+    return folded_config, params, folded_calibration
+
+
+def _collections(model_state, calibration):
+    return {**model_state, **({LN_CALIBRATION: calibration} if calibration else {})}
+
+
+def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_steps: int = 0,
+                      finetune_lr: float = 1e-4) -> dict:
+    """Perplexity with LayerNorm, with the substitute, folded, after fine-tuning; and the PI cost."""
+    config = load_run_config(workdir)
+    model, _, optimizer = build(config)
+    restored = Checkpointer(os.path.join(workdir, "checkpoints")).restore_latest(
+        create_train_state(model, optimizer, jax.random.key(0)))
+    if restored is None:
+        raise ConfigError(f"workdir {workdir} has no readable checkpoint; accepted: a run with a saved step")
+    params, model_state = jax.device_get(restored[1].params), jax.device_get(restored[1].model_state)
+    tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
+    train_rows, val_rows = _load_data(config, tokenizer, model.config.max_len)
+    batch = config.train.eval_batch_size
+    evaluate = functools.partial(evaluate_rows, rows_NxT=val_rows, batch_size=batch, max_batches=0)
+
+    calibration = calibrate(model, params, train_rows, batch_size=batch, batches=calibration_batches)
+    frozen = AeroLM(model.config.replace(ln_frozen=True))
+    folded_config, folded_params, folded_calibration = fold(model.config, params, calibration)
+    result = {
+        "workdir": workdir, "architecture": config.model.preset, "step": restored[0],
+        "perplexity_with_layernorm": evaluate(params, model_state, model=model)["perplexity"],
+        "perplexity_substitute": evaluate(params, {**model_state, LN_CALIBRATION: calibration}, model=frozen)[
+            "perplexity"],
+        "perplexity_folded": evaluate(folded_params, _collections(model_state, folded_calibration),
+                                      model=AeroLM(folded_config))["perplexity"],
+        "pi_cost_with_layernorm": pi_cost(model.config, name=config.model.preset),
+        "pi_cost_substitute": pi_cost(folded_config, name=f"{config.model.preset}, LN substitute"),
+    }
+    if finetune_steps > 0:
+        tuner = adamw(finetune_lr, weight_decay=0.0)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           model_state={**model_state, LN_CALIBRATION: calibration},
+                           opt_state=tuner.init(params), lr_scale=jnp.ones((), jnp.float32))
+        step = jit_train_step(frozen, tuner)
+        for s in range(finetune_steps):
+            indices = data.batch_indices(config.seed + 1, s, config.train.batch_size, len(train_rows))
+            state, _ = step(state, jnp.asarray(train_rows[indices]))
+        result["finetune_steps"] = finetune_steps
+        result["perplexity_substitute_finetuned"] = evaluate(state.params, state.model_state, model=frozen)[
+            "perplexity"]
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="aero-ln-substitute", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--calibration-batches", type=int, default=8)
+    parser.add_argument("--finetune-steps", type=int, default=0)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    args = parser.parse_args(argv)
+    try:
+        result = substitute_report(args.workdir, calibration_batches=args.calibration_batches,
+                                   finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
+    except ConfigError as error:
+        sys.exit(f"aero-ln-substitute: {error}")
+    with open(os.path.join(args.workdir, "ln_substitute.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("pi_cost")}, indent=2))
+    for key in ("pi_cost_with_layernorm", "pi_cost_substitute"):
+        cost = result[key]
+        print(f"{cost['arch']}: {cost['nonlinear_ops']}; {cost['comm_gb']:.3f} GB, {cost['latency_min']:.3f} min")
+
+
+if __name__ == "__main__":
+    main()
