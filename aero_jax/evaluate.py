@@ -1,9 +1,10 @@
-"""Evaluate a run directory: its newest checkpoint on the whole validation split."""
+"""Reading a finished (or running) run directory back: its config, newest checkpoint and data."""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -12,8 +13,16 @@ from aero_jax import data
 from aero_jax.checkpoint import Checkpointer
 from aero_jax.config import ConfigError
 from aero_jax.entropy import entropy_range_shares
-from aero_jax.train_step import create_train_state
-from aero_jax.trainer import CONFIG_FILE, _load_data, build, evaluate_rows
+from aero_jax.model import AeroLM
+from aero_jax.train_step import TrainState, create_train_state
+from aero_jax.trainer import CONFIG_FILE, build, evaluate_rows, load_data
+
+
+class RestoredRun(NamedTuple):
+    config: ml_collections.ConfigDict
+    model: AeroLM
+    step: int
+    state: TrainState
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -24,8 +33,8 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def evaluate_workdir(workdir: str, *, batch_size: int = 0) -> dict:
-    """Validation loss, perplexity and entropy shares of the newest readable checkpoint."""
+def restore_run(workdir: str) -> RestoredRun:
+    """The run's config and model, and the state of its newest readable checkpoint."""
     config = load_run_config(workdir)
     model, _, optimizer = build(config)
     directory = os.path.join(workdir, "checkpoints")
@@ -34,12 +43,24 @@ def evaluate_workdir(workdir: str, *, batch_size: int = 0) -> dict:
         raise ConfigError(f"workdir {workdir} has no readable checkpoint in {directory}; accepted: a run "
                           f"directory with at least one saved step")
     step, state, _ = restored
+    return RestoredRun(config, model, step, jax.device_get(state))
+
+
+def run_data(config: ml_collections.ConfigDict, seq_len: int):
+    """(train rows, validation rows) of a run config, from the packed-data cache."""
     tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
-    _, val_rows = _load_data(config, tokenizer, model.config.max_len)
-    result = evaluate_rows(state.params, state.model_state, val_rows, model=model,
-                           batch_size=batch_size or config.train.eval_batch_size, max_batches=0)
-    out = {"workdir": workdir, "step": step, "architecture": config.model.preset, "validation_loss": result["loss"],
-           "validation_perplexity": result["perplexity"], "tokens": result["tokens"]}
+    return load_data(config, tokenizer, seq_len)
+
+
+def evaluate_workdir(workdir: str, *, batch_size: int = 0) -> dict:
+    """Validation loss, perplexity and entropy shares of the newest readable checkpoint."""
+    run = restore_run(workdir)
+    _, val_rows = run_data(run.config, run.model.config.max_len)
+    result = evaluate_rows(run.state.params, run.state.model_state, val_rows, model=run.model,
+                           batch_size=batch_size or run.config.train.eval_batch_size, max_batches=0)
+    out = {"workdir": workdir, "step": run.step, "architecture": run.config.model.preset,
+           "validation_loss": result["loss"], "validation_perplexity": result["perplexity"],
+           "tokens": result["tokens"]}
     if "head_entropy" in result:
         out["head_entropy"] = result["head_entropy"].tolist()
         out["entropy_range_shares"] = entropy_range_shares(result["head_entropy"]).tolist()

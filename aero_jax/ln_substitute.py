@@ -24,15 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from aero_jax import data
-from aero_jax.checkpoint import Checkpointer
 from aero_jax.config import ConfigError, ModelConfig
-from aero_jax.evaluate import load_run_config
+from aero_jax.evaluate import restore_run, run_data
 from aero_jax.layers import LN_CALIBRATION, LN_STD_NAME
 from aero_jax.model import AeroLM
 from aero_jax.optim import adamw
 from aero_jax.pi.cost import pi_cost
-from aero_jax.train_step import TrainState, create_train_state, jit_train_step
-from aero_jax.trainer import _load_data, build, evaluate_rows
+from aero_jax.train_step import TrainState, jit_train_step
+from aero_jax.trainer import evaluate_rows
 
 
 def _sites(c: ModelConfig):
@@ -110,15 +109,10 @@ def _collections(model_state, calibration):
 def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_steps: int = 0,
                       finetune_lr: float = 1e-4) -> dict:
     """Perplexity with LayerNorm, with the substitute, folded, after fine-tuning; and the PI cost."""
-    config = load_run_config(workdir)
-    model, _, optimizer = build(config)
-    restored = Checkpointer(os.path.join(workdir, "checkpoints")).restore_latest(
-        create_train_state(model, optimizer, jax.random.key(0)))
-    if restored is None:
-        raise ConfigError(f"workdir {workdir} has no readable checkpoint; accepted: a run with a saved step")
-    params, model_state = jax.device_get(restored[1].params), jax.device_get(restored[1].model_state)
-    tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
-    train_rows, val_rows = _load_data(config, tokenizer, model.config.max_len)
+    run = restore_run(workdir)
+    config, model = run.config, run.model
+    params, model_state = run.state.params, run.state.model_state
+    train_rows, val_rows = run_data(config, model.config.max_len)
     batch = config.train.eval_batch_size
     evaluate = functools.partial(evaluate_rows, rows_NxT=val_rows, batch_size=batch, max_batches=0)
 
@@ -126,7 +120,7 @@ def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_st
     frozen = AeroLM(model.config.replace(ln_frozen=True))
     folded_config, folded_params, folded_calibration = fold(model.config, params, calibration)
     result = {
-        "workdir": workdir, "architecture": config.model.preset, "step": restored[0],
+        "workdir": workdir, "architecture": config.model.preset, "step": run.step,
         "perplexity_with_layernorm": evaluate(params, model_state, model=model)["perplexity"],
         "perplexity_substitute": evaluate(params, {**model_state, LN_CALIBRATION: calibration}, model=frozen)[
             "perplexity"],

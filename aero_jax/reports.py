@@ -18,20 +18,15 @@ import re
 import sys
 from typing import Dict, List
 
-import jax
 import numpy as np
 
 from aero_jax import figures
-from aero_jax.checkpoint import Checkpointer
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.entropy import entropy_range_shares
-from aero_jax.evaluate import load_run_config
+from aero_jax.evaluate import load_run_config, restore_run
 from aero_jax.model import THRESHOLDS
 from aero_jax.pi.cost import pi_cost
-from aero_jax.run_config import model_config_from
 from aero_jax.run_log import METRICS_FILE, read_metrics
-from aero_jax.train_step import create_train_state
-from aero_jax.trainer import build
 
 SIZE_FIELDS = ("num_layers", "num_heads", "d_model", "d_ff", "vocab_size", "max_len")
 
@@ -56,18 +51,14 @@ def _newest_head_entropy(workdir: str) -> np.ndarray:
 
 
 def load_run(workdir: str) -> Run:
-    config = load_run_config(workdir)
+    load_run_config(workdir)  # a clear error first when this is no run directory
     if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
         raise ConfigError(f"workdir {workdir} has no {METRICS_FILE}; accepted: a run directory written by aero-train")
     records = read_metrics(workdir)
-    model, _, optimizer = build(config)
-    restored = Checkpointer(os.path.join(workdir, "checkpoints")).restore_latest(
-        create_train_state(model, optimizer, jax.random.key(0)))
-    if restored is None:
-        raise ConfigError(f"workdir {workdir} has no readable checkpoint; accepted: a run with a saved step")
-    return Run(label=config.model.preset, workdir=workdir, model_config=model_config_from(config.model),
+    run = restore_run(workdir)
+    return Run(label=run.config.model.preset, workdir=workdir, model_config=run.model.config,
                train=[r for r in records if r["kind"] == "train"], evals=[r for r in records if r["kind"] == "eval"],
-               head_entropy=_newest_head_entropy(workdir), params=jax.device_get(restored[1].params))
+               head_entropy=_newest_head_entropy(workdir), params=run.state.params)
 
 
 def check_same_size(runs: List[Run]) -> None:

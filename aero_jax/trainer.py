@@ -79,7 +79,8 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model
         os.replace(tmp, path)
 
 
-def _load_data(config, tokenizer, seq_len: int):
+def load_data(config, tokenizer, seq_len: int):
+    """(train rows, validation rows) packed for the run's data section."""
     d = config.data
     common = dict(dataset=d.dataset, tokenizer=tokenizer, seq_len=seq_len, packing=d.packing,
                   data_dir=os.path.expanduser(d.data_dir), cache_dir=os.path.expanduser(d.cache_dir),
@@ -131,7 +132,7 @@ class Trainer:
         data.check_vocab(tokenizer, self.model_config.vocab_size)
         os.makedirs(workdir, exist_ok=True)
         _check_workdir_config(workdir, config, self.model_config)
-        self.train_rows, self.val_rows = _load_data(config, tokenizer, self.model_config.max_len)
+        self.train_rows, self.val_rows = load_data(config, tokenizer, self.model_config.max_len)
 
         t = config.train
         self.model, self.schedule, self.optimizer = build(config)
