@@ -4,6 +4,19 @@ set -euo pipefail
 
 DRY_RUN=0
 PROJECT_ARGS=()
+NAME=
+ZONE=
+SHIFT=0
+
+common_option() {  # --name, --zone, --project, --dry-run; sets SHIFT to the words taken (0: none)
+  case $1 in
+    --name) NAME=${2:-}; SHIFT=2 ;;
+    --zone) ZONE=${2:-}; SHIFT=2 ;;
+    --project) PROJECT_ARGS=(--project "${2:-}"); SHIFT=2 ;;
+    --dry-run) DRY_RUN=1; SHIFT=1 ;;
+    *) SHIFT=0 ;;
+  esac
+}
 
 run() {
   if [[ $DRY_RUN == 1 ]]; then

@@ -3,17 +3,15 @@
 #   launch/create_tpu.sh --name aero-v4-32 --zone us-central2-b --accelerator-type v4-32 \
 #       [--runtime-version tpu-ubuntu2204-base] [--spot] [--queued] [--project P] [--dry-run]
 source "$(dirname "$0")/common.sh"
-NAME= ZONE= TYPE= RUNTIME=tpu-ubuntu2204-base SPOT=() QUEUED=0
+TYPE= RUNTIME=tpu-ubuntu2204-base SPOT=() QUEUED=0
 while [[ $# -gt 0 ]]; do
+  common_option "$@"
+  if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case $1 in
-    --name) NAME=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
     --accelerator-type) TYPE=$2; shift 2 ;;
     --runtime-version) RUNTIME=$2; shift 2 ;;
     --spot) SPOT=(--spot); shift ;;
     --queued) QUEUED=1; shift ;;
-    --project) PROJECT_ARGS=(--project "$2"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
     -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
     *) die "unknown option $1; accepted: --name --zone --accelerator-type --runtime-version --spot --queued --project --dry-run" ;;
   esac

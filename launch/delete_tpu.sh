@@ -2,14 +2,12 @@
 # Delete a slice (and its queued resource, with --queued). The gs:// workdir is kept.
 #   launch/delete_tpu.sh --name aero-v4-32 --zone us-central2-b [--queued] [--project P] [--dry-run]
 source "$(dirname "$0")/common.sh"
-NAME= ZONE= QUEUED=0
+QUEUED=0
 while [[ $# -gt 0 ]]; do
+  common_option "$@"
+  if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case $1 in
-    --name) NAME=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
     --queued) QUEUED=1; shift ;;
-    --project) PROJECT_ARGS=(--project "$2"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
     -h|--help) sed -n '2,3p' "$0"; exit 0 ;;
     *) die "unknown option $1; accepted: --name --zone --queued --project --dry-run" ;;
   esac

@@ -4,15 +4,13 @@
 #   launch/run.sh --name aero-v4-32 --zone us-central2-b --config configs/gpt2_codeparrot.py:ereg_sm_t_scfuffn \
 #       --workdir gs://BUCKET/runs/x [--project P] [--dry-run] [-- --config.train.num_steps=1000 ...]
 source "$(dirname "$0")/common.sh"
-NAME= ZONE= CONFIG= WORKDIR= EXTRA=()
+CONFIG= WORKDIR= EXTRA=()
 while [[ $# -gt 0 ]]; do
+  common_option "$@"
+  if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case $1 in
-    --name) NAME=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
     --config) CONFIG=$2; shift 2 ;;
     --workdir) WORKDIR=$2; shift 2 ;;
-    --project) PROJECT_ARGS=(--project "$2"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) die "unknown option $1; accepted: --name --zone --config --workdir --project --dry-run, then -- overrides" ;;

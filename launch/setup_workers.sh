@@ -3,14 +3,12 @@
 # copied to each worker, installed with the TPU build of JAX into ~/aero-venv).
 #   launch/setup_workers.sh --name aero-v4-32 --zone us-central2-b [--commit REV] [--project P] [--dry-run]
 source "$(dirname "$0")/common.sh"
-NAME= ZONE= COMMIT=HEAD
+COMMIT=HEAD
 while [[ $# -gt 0 ]]; do
+  common_option "$@"
+  if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case $1 in
-    --name) NAME=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
     --commit) COMMIT=$2; shift 2 ;;
-    --project) PROJECT_ARGS=(--project "$2"); shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
     -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
     *) die "unknown option $1; accepted: --name --zone --commit --project --dry-run" ;;
   esac
