@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import NamedTuple
 
 import jax
 import ml_collections
+from etils import epath
 
 from aero_jax import data
 from aero_jax.checkpoint import Checkpointer
@@ -26,18 +26,17 @@ class RestoredRun(NamedTuple):
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
         raise ConfigError(f"workdir {workdir} has no {CONFIG_FILE}; accepted: a run directory written by aero-train")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def restore_run(workdir: str) -> RestoredRun:
     """The run's config and model, and the state of its newest readable checkpoint."""
     config = load_run_config(workdir)
     model, _, optimizer = build(config)
-    directory = os.path.join(workdir, "checkpoints")
+    directory = str(epath.Path(workdir) / "checkpoints")
     restored = Checkpointer(directory).restore_latest(create_train_state(model, optimizer, jax.random.key(0)))
     if restored is None:
         raise ConfigError(f"workdir {workdir} has no readable checkpoint in {directory}; accepted: a run "

@@ -1,14 +1,18 @@
-"""Where a run's metrics go: metrics.jsonl, TensorBoard event files (tensorboardX) and the console."""
+"""Where a run's metrics go: metrics.jsonl, TensorBoard event files (tensorboardX) and the console.
+
+The workdir may be local or remote (gs://, through etils.epath; TensorBoard through tensorboardX's
+own GCS writer). Remote object stores cannot append, so there metrics.jsonl is rewritten whole.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-from typing import Mapping
+from typing import List, Mapping
 
 import numpy as np
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -22,8 +26,8 @@ def _plain(value):
 
 def read_metrics(workdir: str):
     """Every record of a run's metrics.jsonl, in order."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = (epath.Path(workdir) / METRICS_FILE).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class RunLog:
@@ -31,30 +35,37 @@ class RunLog:
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = epath.Path(workdir) / METRICS_FILE
+        self._remote = "://" in str(workdir)
+        self._lines: List[str] = []
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            self._tb = SummaryWriter(str(epath.Path(workdir) / TENSORBOARD_DIR))
+            if self.path.exists():
+                self._lines = [line for line in self.path.read_text().splitlines() if line.strip()]
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step`: a resumed run rewrites what the lost steps had logged."""
-        if not (self.enabled and os.path.exists(self.path)):
+        if not self.enabled:
             return
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        self._lines = [line for line in self._lines if json.loads(line)["step"] <= step]
+        tmp = self.path.parent / (self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in self._lines))
+        tmp.replace(self.path)
 
     def write(self, step: int, metrics: Mapping, *, kind: str = "train") -> None:
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record)
+        self._lines.append(line)
+        if self._remote:
+            self.path.write_text("".join(text + "\n" for text in self._lines))
+        else:
+            with self.path.open("a") as f:
+                f.write(line + "\n")
         for name, value in record.items():
             if name in ("step", "kind") or value is None:
                 continue

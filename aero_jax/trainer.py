@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from aero_jax import data, distributed, flops, sharding
 from aero_jax.checkpoint import Checkpointer
@@ -63,20 +64,18 @@ class _StopSignal:
 
 def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model_config: ModelConfig) -> None:
     """Save the resolved config, or refuse a workdir that holds another architecture."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    path = epath.Path(workdir) / CONFIG_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
         differences = architecture_differences(model_config_from(saved["model"]), model_config)
         if differences:
             listed = ", ".join(f"{k}={old!r} (this config: {new!r})" for k, old, new in differences)
             raise ConfigError(f"workdir {workdir} holds another architecture: {listed}; "
                               f"accepted: the same model config, or a new --workdir")
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        tmp = path.parent / (CONFIG_FILE + ".tmp")
+        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        tmp.replace(path)
 
 
 def load_data(config, tokenizer, seq_len: int):
@@ -130,7 +129,7 @@ class Trainer:
         self.model_config = model_config_from(config.model)
         tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
         data.check_vocab(tokenizer, self.model_config.vocab_size)
-        os.makedirs(workdir, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         _check_workdir_config(workdir, config, self.model_config)
         self.train_rows, self.val_rows = load_data(config, tokenizer, self.model_config.max_len)
 
@@ -188,10 +187,9 @@ class Trainer:
         last_good = self.checkpoints.steps()[-1] if self.checkpoints.steps() else None
         indices = data.batch_indices(self.config.seed, step + self.data_offset, self.config.train.batch_size,
                                      len(self.train_rows)).tolist()
-        bad_path = os.path.join(self.workdir, f"nonfinite_batch_step{step}.json")
+        bad_path = epath.Path(self.workdir) / f"nonfinite_batch_step{step}.json"
         if self.log.enabled:
-            with open(bad_path, "w") as f:
-                json.dump({"step": step, "data_step": step + self.data_offset, "indices": indices}, f)
+            bad_path.write_text(json.dumps({"step": step, "data_step": step + self.data_offset, "indices": indices}))
         where = f"last good checkpoint: step {last_good}" if last_good is not None else "no checkpoint yet"
         if r.policy == "stop" or last_good is None or self.recoveries >= r.max_recoveries:
             raise Divergence(f"non-finite loss at step {step} ({where}; the batch's indices are in {bad_path}); "
@@ -306,8 +304,10 @@ class Trainer:
                                batch_size=t.eval_batch_size, max_batches=t.eval_batches, eval_fn=self.eval_fn,
                                put=functools.partial(sharding.put_global_batch, sharding=self.batch_sharding))
         if self.log.enabled and "head_entropy" in result:
-            os.makedirs(os.path.join(self.workdir, "eval"), exist_ok=True)
-            np.save(os.path.join(self.workdir, "eval", f"head_entropy_step{step}.npy"), result["head_entropy"])
+            folder = epath.Path(self.workdir) / "eval"
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / f"head_entropy_step{step}.npy").open("wb") as f:
+                np.save(f, result["head_entropy"])
         self.log.write(step, result, kind="eval")
         if self.log.enabled:
             bar.write(f"step {step}: validation loss {result['loss']:.4f}, perplexity {result['perplexity']:.3f}")
@@ -324,8 +324,7 @@ class Trainer:
                 unigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=1, vocab_size=vocab),
                 bigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=2, vocab_size=vocab))
             if self.log.enabled:
-                with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-                    json.dump(summary, f, indent=2)
+                (epath.Path(self.workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
         self.log.close()
         self.checkpoints.close()
         return summary
