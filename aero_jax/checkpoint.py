@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Tuple
 
 import jax
@@ -15,6 +16,8 @@ class Checkpointer:
     """A CheckpointManager over `directory` (local path or gs://) saving state plus JSON metadata."""
 
     def __init__(self, directory: str, *, keep: int = 3):
+        if "://" not in directory:
+            directory = os.path.abspath(directory)  # orbax accepts absolute paths only
         self.directory = epath.Path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self._manager = ocp.CheckpointManager(directory, options=options)

@@ -144,6 +144,13 @@ def test_unreadable_checkpoint_is_reported_and_the_previous_one_used(corpus, tmp
     assert (tmp_path / "run" / "checkpoints" / "8").is_dir()
 
 
+def test_a_relative_workdir_checkpoints_and_resumes(corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Trainer(small_config(corpus, num_steps=4), "workdirs/relative").run()
+    assert (tmp_path / "workdirs" / "relative" / "checkpoints" / "4").is_dir()
+    assert Trainer(small_config(corpus, num_steps=4), "workdirs/relative").resumed_from == 4
+
+
 def test_workdir_of_another_architecture_is_refused(corpus, tmp_path):
     Trainer(small_config(corpus, num_steps=1), str(tmp_path / "run")).run()
     other = small_config(corpus)
