@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from typing import Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from aero_jax import data
 from aero_jax.config import ConfigError, ModelConfig
@@ -51,12 +51,15 @@ def _at(tree, path):
     return tree
 
 
-def calibrate(model: AeroLM, params, rows_NxT: np.ndarray, *, batch_size: int, batches: int) -> dict:
+def calibrate(model: AeroLM, params, rows_NxT: np.ndarray, *, batch_size: int, batches: int,
+              model_state=None) -> dict:
     """The `ln_calibration` collection: each site's mean per-token scale over the calibration rows."""
     c = model.config
     if c.ln_frozen or not (c.ln_attn or c.ln_ffn or c.ln_final):
         raise ConfigError("the model has no LayerNorm to substitute; accepted: a model trained with LayerNorm")
-    apply = jax.jit(lambda p, t: model.apply({"params": p}, t, mutable=["intermediates"])[1]["intermediates"])
+    state = model_state or {}
+    apply = jax.jit(lambda p, t: model.apply({"params": p, **state}, t, mutable=["intermediates"])[1][
+        "intermediates"])
     count = min(batches, len(rows_NxT) // batch_size)
     if count < 1:
         raise ConfigError(f"{len(rows_NxT)} calibration rows are fewer than one batch of {batch_size}")
@@ -116,7 +119,8 @@ def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_st
     batch = config.train.eval_batch_size
     evaluate = functools.partial(evaluate_rows, rows_NxT=val_rows, batch_size=batch, max_batches=0)
 
-    calibration = calibrate(model, params, train_rows, batch_size=batch, batches=calibration_batches)
+    calibration = calibrate(model, params, train_rows, batch_size=batch, batches=calibration_batches,
+                            model_state=model_state)
     frozen = AeroLM(model.config.replace(ln_frozen=True))
     folded_config, folded_params, folded_calibration = fold(model.config, params, calibration)
     result = {
@@ -156,9 +160,10 @@ def main(argv=None):
                                    finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
     except ConfigError as error:
         sys.exit(f"aero-ln-substitute: {error}")
-    with open(os.path.join(args.workdir, "ln_substitute.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    out = epath.Path(args.workdir) / f"ln_substitute_cal{args.calibration_batches}_ft{args.finetune_steps}.json"
+    out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not k.startswith("pi_cost")}, indent=2))
+    print(f"written: {out}")
     for key in ("pi_cost_with_layernorm", "pi_cost_substitute"):
         cost = result[key]
         print(f"{cost['arch']}: {cost['nonlinear_ops']}; {cost['comm_gb']:.3f} GB, {cost['latency_min']:.3f} min")

@@ -162,6 +162,7 @@ class Trainer:
     def _restore_latest(self) -> Optional[int]:
         restored = self.checkpoints.restore_latest(self.state)
         if restored is None:
+            self.log.truncate_after(0)  # records of a run that died before its first checkpoint
             return None
         step, self.state, meta = restored
         self.data_offset, self.recoveries = meta["data_offset"], meta["recoveries"]
@@ -184,6 +185,7 @@ class Trainer:
     def _handle_divergence(self, step: int) -> int:
         """Stop, or roll back to the last good checkpoint past the diverging data; returns the new step."""
         r = self.config.recovery
+        self.checkpoints.wait()  # a save still in flight is the last good checkpoint
         last_good = self.checkpoints.steps()[-1] if self.checkpoints.steps() else None
         indices = data.batch_indices(self.config.seed, step + self.data_offset, self.config.train.batch_size,
                                      len(self.train_rows)).tolist()
@@ -234,17 +236,22 @@ class Trainer:
                 at_end = step == t.num_steps
                 if distributed.reached_preemption_point(step):  # every host stops at this same step
                     stop.received = signal.SIGTERM
-                boundary = (at_end or stop.received is not None
+                stopping = stop.received is not None  # read once: a signal may land mid-iteration
+                boundary = (at_end or stopping
                             or any(step % every == 0 for every in (t.log_every, t.eval_every, t.checkpoint_every)))
                 if diverged is None and boundary:
                     diverged, pending = self._collect(pending, window), None
+                saving = step % t.checkpoint_every == 0 or at_end or stopping
+                if diverged is None and saving and not bool(_all_finite(self.state.params)):
+                    diverged = step - 1  # a finite loss, but its update made the parameters non-finite
                 if diverged is not None:
                     step, window, pending = self._handle_divergence(diverged), [], None
+                    window_start, window_steps = time.perf_counter(), 0
                     bar.reset(total=t.num_steps)
                     bar.update(step)
                     continue
                 bar.update(1)
-                if window and (step % t.log_every == 0 or at_end or stop.received is not None):
+                if window and (step % t.log_every == 0 or at_end or stopping):
                     elapsed = time.perf_counter() - window_start
                     speed = tokens_per_step * window_steps / elapsed if window_steps else None  # None: compile only
                     self._log_train(step, window, speed, compile_s, bar)
@@ -253,9 +260,9 @@ class Trainer:
                     eval_started = time.perf_counter()
                     self._evaluate(step, bar)
                     window_start += time.perf_counter() - eval_started
-                if step % t.checkpoint_every == 0 or at_end or stop.received is not None:
-                    self._save_checked(step)
-                if stop.received is not None:
+                if saving:
+                    self._save(step)  # the parameters were checked finite above
+                if stopping:
                     console(f"received signal {stop.received}: saved the checkpoint at step {step}; "
                             f"rerun the same command to resume")
                     break
@@ -273,12 +280,6 @@ class Trainer:
             return step
         window.append(host)
         return None
-
-    def _save_checked(self, step: int) -> None:
-        if not bool(_all_finite(self.state.params)):
-            raise Divergence(f"non-finite parameters after step {step}; not saved (nothing is saved "
-                             f"that is not finite)")
-        self._save(step)
 
     def _log_train(self, step: int, window, tokens_per_s: float, compile_s: float, bar) -> None:
         summed = {"nonfinite_attention"}

@@ -106,3 +106,19 @@ def test_lambda_zero_reproduces_the_plain_loss():
         params, state = split_variables(init_variables(model, jax.random.key(0)))
         losses.append(float(lm_loss(params, state, tokens, model=model)[0]))
     assert losses[0] == losses[1]
+
+
+def test_gradient_accumulation_keeps_the_penalty_strength():
+    """Two microbatches give the full batch's penalty and gradients (per_position_sum sums over rows)."""
+    from aero_jax.train_step import _accumulated_grads
+
+    config = presets.model_config("EReg(SM+LN+G)", size="tiny", ereg_weight=1e-2)
+    model = AeroLM(config)
+    params, state = split_variables(init_variables(model, jax.random.key(0)))
+    tokens = jax.random.randint(jax.random.key(1), (4, config.max_len), 0, config.vocab_size)
+    full_grads, full, _ = _accumulated_grads(params, state, tokens, model, 1)
+    acc_grads, acc, _ = _accumulated_grads(params, state, tokens, model, 2)
+    np.testing.assert_allclose(float(acc["penalty"]), float(full["penalty"]), rtol=1e-5)
+    np.testing.assert_allclose(float(acc["loss"]), float(full["loss"]), rtol=1e-5)
+    for a, f in zip(jax.tree_util.tree_leaves(acc_grads), jax.tree_util.tree_leaves(full_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(f), rtol=1e-3, atol=1e-6)
