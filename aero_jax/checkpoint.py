@@ -1,54 +1,84 @@
-"""Checkpoints of the training state with orbax: keep the last K, fall back past a corrupt one."""
+"""Checkpoints of the training state with orbax: keep the last K, verify on restore, fall back past a bad one.
+
+Each save records a fingerprint of every leaf of the state (computed on the device, see
+`fingerprints`) in the checkpoint's JSON metadata; a restore recomputes it and refuses a
+checkpoint whose bytes changed, or whose parameters are not finite. A trainer moves a bad
+checkpoint aside (`<step>.unreadable`) and uses the previous one; a reader (read_only=True)
+never changes the directory: it skips the bad checkpoint with a warning.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Optional, Tuple
+import re
+from typing import Any, Dict, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from aero_jax.errors import RunFailed, no_space
 from aero_jax.run_log import console
+
+CHECKSUMS = "checksums"
+_MULTIPLIER = np.uint32(0x9E3779B1)  # odd: every position gets a distinct, invertible weight
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint that reads, but not as it was written."""
 
 
 class Checkpointer:
     """A CheckpointManager over `directory` (local path or gs://) saving state plus JSON metadata."""
 
-    def __init__(self, directory: str, *, keep: int = 3):
+    def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
         if "://" not in directory:
             directory = os.path.abspath(directory)  # orbax accepts absolute paths only
         self.directory = epath.Path(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.read_only = read_only
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                               cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(directory, options=options)
+        self._in_flight: Optional[int] = None
 
     def steps(self):
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        """Start an asynchronous save of `state` with `meta` and the state's fingerprints."""
+        meta = {**meta, CHECKSUMS: fingerprints(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._manager.save(step, args=args, force=True)
+        with self._failures_named():
+            self._manager.save(step, args=args, force=True)
+        self._in_flight = step
 
     def restore(self, step: int, like: Any) -> Tuple[Any, dict]:
+        """The state and metadata saved at `step`; CorruptCheckpoint if they are not what was saved."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self._manager.restore(step, args=args)
-        return restored.state, dict(restored.meta)
+        meta = dict(restored.meta)
+        verify(restored.state, meta.pop(CHECKSUMS, None))
+        return restored.state, meta
 
     def restore_latest(self, like: Any) -> Optional[Tuple[int, Any, dict]]:
-        """The newest checkpoint that restores; an unreadable one is reported and moved aside.
+        """The newest checkpoint that restores and verifies; a bad one is reported and skipped.
 
-        Moving it (to `<step>.unreadable`) keeps its files for inspection and lets the resumed
-        run save that step again.
+        A trainer moves it to `<step>.unreadable`, keeping its files for inspection and letting
+        the resumed run save that step again; a read-only Checkpointer leaves it where it is.
         """
         for step in reversed(self.steps()):
             try:
                 state, meta = self.restore(step, like)
             except Exception as error:  # orbax raises many types for unreadable files
-                reason = str(error).splitlines()[0] if str(error) else ""
-                aside = self._move_aside(step)
-                console(f"checkpoint at step {step} is unreadable ({type(error).__name__}: {reason}); "
-                        f"moved to {aside}; trying the previous one")
+                what = f"checkpoint at step {step} is unreadable ({type(error).__name__}: {_reason(error)})"
+                if self.read_only:
+                    console(f"{what}; skipped it, trying the previous one")
+                else:
+                    console(f"{what}; moved to {self._move_aside(step)}; trying the previous one")
                 continue
             return step, state, meta
         return None
@@ -64,7 +94,82 @@ class Checkpointer:
         return target
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._failures_named():
+            self._manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
-        self._manager.close()
+        with self._failures_named():
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _failures_named(self):
+        """Turn a full disk during an (asynchronous) save into one RunFailed naming the step and folder."""
+        try:
+            yield
+        except Exception as error:
+            if not no_space(error):
+                raise
+            what = f"the checkpoint at step {self._in_flight}" if self._in_flight is not None else "a checkpoint"
+            raise RunFailed(f"no space left on device while saving {what} to {self.directory}") from error
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error's message, without object reprs that say nothing to a user."""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "", str(error)).strip()
+    return text.splitlines()[0].strip() if text else "no message"
+
+
+# -- fingerprints ----------------------------------------------------------------------------------
+
+def fingerprints(state: Any) -> Dict[str, str]:
+    """{leaf path: 16 hex digits} of a state, computed on the device where the state lives."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    values = jax.device_get(_leaf_fingerprints([leaf for _, leaf in leaves]))
+    return {jax.tree_util.keystr(path): f"{int(a):08x}{int(b):08x}" for (path, _), (a, b) in zip(leaves, values)}
+
+
+def verify(state: Any, recorded: Optional[Dict[str, str]]) -> None:
+    """Raise CorruptCheckpoint if a leaf's fingerprint differs from the recorded one or a parameter is not finite."""
+    if recorded is not None:
+        found = fingerprints(state)
+        changed = [path for path, value in found.items() if recorded.get(path) != value]
+        if changed:
+            raise CorruptCheckpoint(f"{len(changed)} array(s) differ from what was saved, first {changed[0]}")
+    params = getattr(state, "params", state)
+    if not bool(all_finite(params)):
+        raise CorruptCheckpoint("the parameters hold non-finite values")
+
+
+@jax.jit
+def _leaf_fingerprints(leaves):
+    return [_fingerprint(leaf) for leaf in leaves]
+
+
+def _fingerprint(x: jax.Array) -> jax.Array:
+    """Two position-weighted sums of an array's bit patterns (mod 2^32): any changed word changes both."""
+    words = _as_words(x)
+    position = jnp.zeros(words.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(words.ndim)):
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * np.uint32(stride % 2 ** 32)
+        stride *= words.shape[axis]
+    first = jnp.sum(words * (position * np.uint32(2) + np.uint32(1)), dtype=jnp.uint32)
+    second = jnp.sum(words * ((position * _MULTIPLIER) | np.uint32(1)), dtype=jnp.uint32)
+    return jnp.stack([first, second])
+
+
+def _as_words(x: jax.Array) -> jax.Array:
+    """The array's bits as uint32 words (8-byte elements become two words, narrower ones widen)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))

@@ -2,21 +2,32 @@
 
     aero-train --config=configs/default.py --workdir=workdirs/default [--config.train.num_steps=200]
     aero-eval --workdir=workdirs/default
+
+Every command ends in one line when it fails (exit status 2 for bad input, 1 for a run that
+failed); the traceback goes to the workdir's logs/ folder, or to the console with --verbose.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging as std_logging
+import os
+import re
 import sys
+import tempfile
+import time
+from typing import Callable, List, Optional
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aero_jax import distributed
-from aero_jax.config import ConfigError
+from aero_jax.errors import BAD_INPUT, append_text, run_command
 
 FLAGS = flags.FLAGS
+LOG_FOLDER = "logs"
 
 
 def _define_train_flags():
@@ -26,7 +37,86 @@ def _define_train_flags():
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs off TPU pods.")
     flags.DEFINE_integer("num_processes", None, "How many processes the run has (with --coordinator_address).")
     flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+    _define_verbose()
     flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _define_verbose():
+    flags.DEFINE_boolean("verbose", False, "On failure, print the full traceback too.")
+
+
+# -- flags in one line -------------------------------------------------------------------------
+
+def parse_flags(prog: str) -> Callable[[List[str]], List[str]]:
+    """An absl flags parser that answers bad flags and config files in one line (exit 2)."""
+
+    def parse(argv: List[str]) -> List[str]:
+        try:
+            remaining = FLAGS(argv)
+            if "config" in FLAGS and FLAGS["config"].value is not None:
+                FLAGS.config.keys()  # a config file that failed to load raises here
+            return remaining
+        except Exception as error:  # noqa: BLE001 - config files may raise anything
+            message = describe_flag_error(error, argv)
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+        sys.exit(BAD_INPUT)
+
+    return parse
+
+
+def describe_flag_error(error: Exception, argv: List[str]) -> str:
+    """One line for an error met while loading a config file or applying an override."""
+    text = str(error)
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    if "failure to load" in text or "Failed loading config file" in text:
+        reason = re.findall(r"\[Errno \d+\] ([^:\n]+)", text)
+        return (f"--config={spec} cannot be loaded ({reason[0] if reason else _last_line(text)}); accepted: a "
+                f"config file such as configs/default.py[:variant]")
+    if "Error whilst parsing config file" in text:
+        return f"--config={spec}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', _last_line(text))}"
+    unknown = re.findall(r"\\?'(\w+)\\?'", text)
+    if isinstance(error, (AttributeError, KeyError)) and unknown:
+        given = next((a.split("=", 1)[0][2:] for a in argv if a.startswith("--config.")
+                      and re.search(rf"\.{unknown[0]}(=|$)", a.split("=", 1)[0])), unknown[0])
+        guess = re.findall(r'Did you mean "(\w+)"', text)
+        given = given.removeprefix("config.")
+        hint = f"; did you mean {given.rpartition('.')[0]}.{guess[0]}?" if guess else ""
+        return f"unknown config field {given}{hint}"
+    if isinstance(error, flags.Error):
+        return text.strip().splitlines()[0]
+    return f"{type(error).__name__}: {_last_line(text)}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# -- aero-train ----------------------------------------------------------------------------------
+
+def resolved_config(flag):
+    """The parsed config; a `--config.model.preset` override re-expands the model fields from it."""
+    config = flag.value
+    overrides = config_flags.get_override_values(flag)
+    if "model.preset" not in overrides:
+        return config
+    from aero_jax.run_config import with_preset
+
+    file_config = load_config_file(config_flags.get_config_filename(flag))
+    explicit = [path.split(".", 1)[1] for path in overrides if path.startswith("model.") and path != "model.preset"]
+    with config.unlocked():
+        config.model = with_preset(config.model, overrides["model.preset"], file_section=file_config.model,
+                                   explicit=explicit)
+    return config
+
+
+def load_config_file(spec: str):
+    """`get_config(variant)` of a config file named as --config names it ('path.py[:variant]')."""
+    path, *variant = spec.split(":", 1)
+    module_spec = importlib.util.spec_from_file_location("aero_jax_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(*variant)
 
 
 def _report(summary: dict) -> None:
@@ -41,42 +131,84 @@ def _report(summary: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _quiet_libraries() -> None:
-    """Keep the console for the run's own lines: orbax and TFDS log every save and read at INFO."""
+def _quiet_libraries(log_file: Optional[str] = None) -> None:
+    """Keep the console for the run's own lines: library logs go to `log_file` (or only errors show)."""
     logging.set_verbosity(logging.ERROR)
+    if log_file is None:
+        return
+    handler = std_logging.FileHandler(log_file)
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = std_logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(std_logging.WARNING)
+
+
+def train_log_path(workdir: str) -> str:
+    """This process's log file: in the workdir's logs/ when local, else in the local temp folder."""
+    name = "aero-train.log" if jax.process_index() == 0 else f"aero-train.process{jax.process_index()}.log"
+    if "://" in workdir:
+        return os.path.join(tempfile.gettempdir(), f"{os.getpid()}-{name}")
+    folder = os.path.join(workdir, LOG_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
+
+
+def last_checkpoint_note(workdir: str) -> str:
+    """'; last good checkpoint: step N ...' from the workdir's committed checkpoints, for failure lines."""
+    folder = os.path.join(workdir, "checkpoints")
+    try:
+        steps = sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+    except OSError:
+        steps = []
+    if not steps:
+        return "; no checkpoint was saved yet"
+    return f"; last good checkpoint: step {steps[-1]} in {folder}; rerun the same command to resume from it"
 
 
 def _train_main(argv):
     del argv
-    _quiet_libraries()
     from aero_jax.trainer import train
+    from aero_jax.workdir import make_workdir
 
-    try:
+    workdir, log = FLAGS.workdir, {}
+
+    def body():
+        _quiet_libraries()
+        config = resolved_config(FLAGS["config"])
+        make_workdir(workdir)
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        summary = train(FLAGS.config, FLAGS.workdir)
-    except ConfigError as error:
-        sys.exit(f"aero-train: {error}")
-    _report(summary)
+        log["path"] = train_log_path(workdir)
+        append_text(log["path"], f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
+        _quiet_libraries(log["path"])
+        _report(train(config, workdir))
+
+    run_command("aero-train", body, verbose=FLAGS.verbose, log_path=lambda: log.get("path"),
+                context=lambda: last_checkpoint_note(workdir) if "://" not in workdir else "")
 
 
 def train():
     _define_train_flags()
-    app.run(_train_main)
+    app.run(_train_main, flags_parser=parse_flags("aero-train"))
 
+
+# -- aero-eval -----------------------------------------------------------------------------------
 
 def _eval_main(argv):
     del argv
     _quiet_libraries()
-    from aero_jax.evaluate import evaluate_workdir
 
-    try:
-        result = evaluate_workdir(FLAGS.workdir)
-    except ConfigError as error:
-        sys.exit(f"aero-eval: {error}")
-    print(json.dumps(result, indent=2), flush=True)
+    def body():
+        from aero_jax.evaluate import evaluate_workdir
+
+        print(json.dumps(evaluate_workdir(FLAGS.workdir), indent=2), flush=True)
+
+    run_command("aero-eval", body, verbose=FLAGS.verbose)
 
 
 def evaluate():
     flags.DEFINE_string("workdir", None, "A run directory written by aero-train.")
+    _define_verbose()
     flags.mark_flags_as_required(["workdir"])
-    app.run(_eval_main)
+    app.run(_eval_main, flags_parser=parse_flags("aero-eval"))

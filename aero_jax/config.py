@@ -8,17 +8,16 @@ field and the accepted values.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional, Tuple
+
+from aero_jax.errors import ConfigError  # noqa: F401  (re-exported: most modules import it from here)
 
 ACTIVATIONS = ("gelu", "relu", "leaky_relu", "learnable_leaky_relu", "identity")
 SLOPE_SCOPES = ("global", "per_layer")
 NORM_GROUPS = ("qk", "v", "o", "ffn")
 DTYPES = ("float32", "bfloat16")
 PENALTY_REDUCTIONS = ("per_position_sum", "head_mean")
-
-
-class ConfigError(ValueError):
-    """A configuration value outside what the model accepts."""
 
 
 def _fail(field: str, value: Any, accepted: str) -> None:
@@ -126,11 +125,21 @@ def check_fields(changes: dict) -> None:
         )
 
 
+FLOAT_FIELDS = ("ln_epsilon", "leaky_slope", "ffn_alpha_init", "ffn_beta_init", "temperature_init", "ereg_weight",
+                "ereg_gamma", "ereg_threshold_init", "init_std")
+
+
 def _validate(c: ModelConfig) -> None:
-    for name in ("num_layers", "num_heads", "d_model", "d_ff", "vocab_size", "max_len"):
+    for name in ("num_layers", "num_heads", "d_model", "d_ff", "vocab_size", "max_len", "spectral_norm_iters"):
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             _fail(name, value, "a positive integer")
+    for name in FLOAT_FIELDS:
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            _fail(name, value, "a finite number")
+    if not c.ln_epsilon > 0:
+        _fail("ln_epsilon", c.ln_epsilon, "a positive number")
     if c.d_model % c.num_heads:
         _fail("num_heads", c.num_heads, f"a divisor of d_model={c.d_model}")
     if c.activation not in ACTIVATIONS:
@@ -153,8 +162,6 @@ def _validate(c: ModelConfig) -> None:
     if both:
         _fail("spectral_norm", c.spectral_norm,
               f"groups without weight norm; {', '.join(both)} already has weight_norm")
-    if c.spectral_norm_iters < 1:
-        _fail("spectral_norm_iters", c.spectral_norm_iters, "an integer >= 1")
     if not c.temperature_init > 0:
         _fail("temperature_init", c.temperature_init, "a positive number")
     if not 0 <= c.ereg_gamma < 1:

@@ -14,6 +14,7 @@ from aero_jax.checkpoint import Checkpointer
 from aero_jax.config import ConfigError
 from aero_jax.entropy import entropy_range_shares
 from aero_jax.model import AeroLM
+from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, create_train_state
 from aero_jax.trainer import CONFIG_FILE, build, evaluate_rows, load_data
 
@@ -37,7 +38,7 @@ def restore_run(workdir: str) -> RestoredRun:
     config = load_run_config(workdir)
     model, _, optimizer = build(config)
     directory = str(epath.Path(workdir) / "checkpoints")
-    restored = Checkpointer(directory).restore_latest(create_train_state(model, optimizer, jax.random.key(0)))
+    restored = Checkpointer(directory, read_only=True).restore_latest(create_train_state(model, optimizer, jax.random.key(0)))
     if restored is None:
         raise ConfigError(f"workdir {workdir} has no readable checkpoint in {directory}; accepted: a run "
                           f"directory with at least one saved step")
@@ -57,7 +58,7 @@ def evaluate_workdir(workdir: str, *, batch_size: int = 0) -> dict:
     _, val_rows = run_data(run.config, run.model.config.max_len)
     result = evaluate_rows(run.state.params, run.state.model_state, val_rows, model=run.model,
                            batch_size=batch_size or run.config.train.eval_batch_size, max_batches=0)
-    out = {"workdir": workdir, "step": run.step, "architecture": run.config.model.preset,
+    out = {"workdir": workdir, "step": run.step, "architecture": architecture_label(run.config.model),
            "validation_loss": result["loss"], "validation_perplexity": result["perplexity"],
            "tokens": result["tokens"]}
     if "head_entropy" in result:

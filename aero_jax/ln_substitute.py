@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 from typing import Dict
 
 import jax
@@ -25,13 +24,16 @@ from etils import epath
 
 from aero_jax import data
 from aero_jax.config import ConfigError, ModelConfig
+from aero_jax.errors import argparse_main
 from aero_jax.evaluate import restore_run, run_data
 from aero_jax.layers import LN_CALIBRATION, LN_STD_NAME
 from aero_jax.model import AeroLM
 from aero_jax.optim import adamw
 from aero_jax.pi.cost import pi_cost
+from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, jit_train_step
 from aero_jax.trainer import evaluate_rows
+from aero_jax.workdir import make_output_folder
 
 
 def _sites(c: ModelConfig):
@@ -114,6 +116,7 @@ def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_st
     """Perplexity with LayerNorm, with the substitute, folded, after fine-tuning; and the PI cost."""
     run = restore_run(workdir)
     config, model = run.config, run.model
+    label = architecture_label(config.model)
     params, model_state = run.state.params, run.state.model_state
     train_rows, val_rows = run_data(config, model.config.max_len)
     batch = config.train.eval_batch_size
@@ -124,14 +127,14 @@ def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_st
     frozen = AeroLM(model.config.replace(ln_frozen=True))
     folded_config, folded_params, folded_calibration = fold(model.config, params, calibration)
     result = {
-        "workdir": workdir, "architecture": config.model.preset, "step": run.step,
+        "workdir": workdir, "architecture": label, "step": run.step,
         "perplexity_with_layernorm": evaluate(params, model_state, model=model)["perplexity"],
         "perplexity_substitute": evaluate(params, {**model_state, LN_CALIBRATION: calibration}, model=frozen)[
             "perplexity"],
         "perplexity_folded": evaluate(folded_params, _collections(model_state, folded_calibration),
                                       model=AeroLM(folded_config))["perplexity"],
-        "pi_cost_with_layernorm": pi_cost(model.config, name=config.model.preset),
-        "pi_cost_substitute": pi_cost(folded_config, name=f"{config.model.preset}, LN substitute"),
+        "pi_cost_with_layernorm": pi_cost(model.config, name=label),
+        "pi_cost_substitute": pi_cost(folded_config, name=f"{label}, LN substitute"),
     }
     if finetune_steps > 0:
         tuner = adamw(finetune_lr, weight_decay=0.0)
@@ -148,25 +151,31 @@ def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_st
     return result
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="aero-ln-substitute", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--calibration-batches", type=int, default=8)
-    parser.add_argument("--finetune-steps", type=int, default=0)
-    parser.add_argument("--finetune-lr", type=float, default=1e-4)
-    args = parser.parse_args(argv)
-    try:
-        result = substitute_report(args.workdir, calibration_batches=args.calibration_batches,
-                                   finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
-    except ConfigError as error:
-        sys.exit(f"aero-ln-substitute: {error}")
-    out = epath.Path(args.workdir) / f"ln_substitute_cal{args.calibration_batches}_ft{args.finetune_steps}.json"
+def _run(args) -> None:
+    if args.calibration_batches < 1 or args.finetune_steps < 0 or not 0 < args.finetune_lr < float("inf"):
+        raise ConfigError(f"--calibration-batches={args.calibration_batches}, --finetune-steps={args.finetune_steps}, "
+                          f"--finetune-lr={args.finetune_lr} are invalid; accepted: >= 1, >= 0, a positive number")
+    folder = args.out or args.workdir
+    make_output_folder(folder, flag="--out")
+    result = substitute_report(args.workdir, calibration_batches=args.calibration_batches,
+                               finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
+    out = epath.Path(folder) / f"ln_substitute_cal{args.calibration_batches}_ft{args.finetune_steps}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not k.startswith("pi_cost")}, indent=2))
     print(f"written: {out}")
     for key in ("pi_cost_with_layernorm", "pi_cost_substitute"):
         cost = result[key]
         print(f"{cost['arch']}: {cost['nonlinear_ops']}; {cost['comm_gb']:.3f} GB, {cost['latency_min']:.3f} min")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="aero-ln-substitute", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", default="", help="folder for the JSON report (default: the workdir)")
+    parser.add_argument("--calibration-batches", type=int, default=8)
+    parser.add_argument("--finetune-steps", type=int, default=0)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    argparse_main("aero-ln-substitute", parser, _run, argv)
 
 
 if __name__ == "__main__":

@@ -107,4 +107,5 @@ def resolve(name_or_slug: str) -> str:
         return name_or_slug
     if name_or_slug in by_slug:
         return by_slug[name_or_slug]
-    raise ConfigError(f"unknown preset {name_or_slug!r}; accepted: {', '.join(by_slug)}")
+    raise ConfigError(f"unknown preset {name_or_slug!r}; accepted: {', '.join(names())} (or their slugs, e.g. "
+                      f"{slug(names()[0])})")

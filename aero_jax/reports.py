@@ -15,7 +15,6 @@ import dataclasses
 import glob
 import os
 import re
-import sys
 from typing import Dict, List
 
 import numpy as np
@@ -23,10 +22,13 @@ import numpy as np
 from aero_jax import figures
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.entropy import entropy_range_shares
+from aero_jax.errors import argparse_main
 from aero_jax.evaluate import load_run_config, restore_run
 from aero_jax.model import THRESHOLDS
 from aero_jax.pi.cost import pi_cost
+from aero_jax.run_config import architecture_label
 from aero_jax.run_log import METRICS_FILE, read_metrics
+from aero_jax.workdir import make_output_folder
 
 SIZE_FIELDS = ("num_layers", "num_heads", "d_model", "d_ff", "vocab_size", "max_len")
 
@@ -56,7 +58,7 @@ def load_run(workdir: str) -> Run:
         raise ConfigError(f"workdir {workdir} has no {METRICS_FILE}; accepted: a run directory written by aero-train")
     records = read_metrics(workdir)
     run = restore_run(workdir)
-    return Run(label=run.config.model.preset, workdir=workdir, model_config=run.model.config,
+    return Run(label=architecture_label(run.config.model), workdir=workdir, model_config=run.model.config,
                train=[r for r in records if r["kind"] == "train"], evals=[r for r in records if r["kind"] == "eval"],
                head_entropy=_newest_head_entropy(workdir), params=run.state.params)
 
@@ -138,7 +140,7 @@ def report(workdirs: List[str], out: str = "") -> Dict[str, str]:
     check_same_size(runs)
     _unique_labels(runs)
     out = out or os.path.join(workdirs[0], "report")
-    os.makedirs(out, exist_ok=True)
+    make_output_folder(out, flag="--out")
     write_table(table_rows(runs), out)
     paths = write_figures(runs, out)
     return {"table.md": os.path.join(out, "table.md"), "table.csv": os.path.join(out, "table.csv"), **paths}
@@ -148,12 +150,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="aero-report", description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
-    try:
-        written = report(args.workdirs, args.out)
-    except ConfigError as error:
-        sys.exit(f"aero-report: {error}")
-    print("\n".join(f"{name}: {path}" for name, path in written.items()))
+    argparse_main("aero-report", parser, lambda args: print(
+        "\n".join(f"{name}: {path}" for name, path in report(args.workdirs, args.out).items())), argv)
 
 
 if __name__ == "__main__":

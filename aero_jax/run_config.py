@@ -7,15 +7,19 @@ recovery. Config files in configs/ start from `base_config()` and change what th
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+import math
+from typing import Iterable, Mapping
 
 import ml_collections
 
 from aero_jax import presets, sharding
-from aero_jax.config import ConfigError, ModelConfig, field_names
+from aero_jax.config import NON_ARCHITECTURE_FIELDS, ConfigError, ModelConfig, field_names
+from aero_jax.optim import DECAY_SHAPES
 
 RECOVERY_POLICIES = ("stop", "rollback")
 PACKINGS = ("chunk", "concat")
+TOKENIZERS = ("byte", "bpe")
+SIZE_FIELDS = tuple(presets.SIZES["tiny"])
 
 
 def model_section(preset: str, size: str = "gpt2-small", **overrides) -> ml_collections.ConfigDict:
@@ -23,6 +27,44 @@ def model_section(preset: str, size: str = "gpt2-small", **overrides) -> ml_coll
     fields = dataclasses.asdict(presets.model_config(preset, size=size, **overrides))
     fields["ffn_layers"] = list(fields["ffn_layers"]) if fields["ffn_layers"] is not None else None
     return ml_collections.ConfigDict({"preset": preset, **fields})
+
+
+def with_preset(section: Mapping, preset: str, *, file_section: Mapping,
+                explicit: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """The model section of another preset: its fields, at this section's size.
+
+    What the config file chose beyond its own preset (`file_section`'s deviations, e.g. a dtype)
+    and the fields named in `explicit` (command-line overrides) are kept on top.
+    """
+    name = presets.resolve(preset)
+    kept = {**{f: section[f] for f in SIZE_FIELDS}, **preset_deviations(file_section),
+            **{f: section[f] for f in explicit}}
+    return model_section(name, size="tiny", **kept)
+
+
+def preset_deviations(section: Mapping) -> dict:
+    """{field: value} of every non-size field where a model section differs from its preset."""
+    preset_fields = model_section(presets.resolve(section["preset"]), size="tiny",
+                                  **{f: section[f] for f in SIZE_FIELDS})
+    return {f: section[f] for f in field_names()
+            if f not in SIZE_FIELDS and _comparable(section[f]) != _comparable(preset_fields[f])}
+
+
+def architecture_label(section: Mapping) -> str:
+    """The preset's name, followed by every architecture field that differs from it.
+
+    `SM+LN+G` names exactly that architecture; `SM+LN+G [activation='relu']` says where a run
+    departs from it, so reports never show a preset's name for another model.
+    """
+    name = section["preset"]
+    if name not in presets.names():
+        return name
+    changed = {f: v for f, v in preset_deviations(section).items() if f not in NON_ARCHITECTURE_FIELDS}
+    return f"{name} [{', '.join(f'{f}={v!r}' for f, v in changed.items())}]" if changed else name
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def model_config_from(section: Mapping) -> ModelConfig:
@@ -72,27 +114,56 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name}={value!r} is invalid; accepted: a positive integer")
+def _integer(name: str, value, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        accepted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name}={value!r} is invalid; accepted: {accepted}")
+
+
+def _number(name: str, value, *, low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = True) -> None:
+    """Refuse anything but a finite number in the interval (low, high) with the given ends."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    inside = real and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not inside:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        accepted = f"a finite number > {low:g}" if high == math.inf and low_open else \
+            f"a finite number >= {low:g}" if high == math.inf else f"a number in {interval}"
+        raise ConfigError(f"{name}={value!r} is invalid; accepted: {accepted}")
+
+
+def _choice(name: str, value, accepted) -> None:
+    if value not in accepted:
+        raise ConfigError(f"{name}={value!r} is invalid; accepted: {', '.join(accepted)}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError for the first invalid value, naming the field and the accepted values."""
+    _integer("seed", config.seed, minimum=0)
+    presets.resolve(config.model.preset)
     model_config_from(config.model)
     t = config.train
     for name in ("num_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every", "eval_batch_size",
                  "checkpoint_every", "keep_checkpoints"):
-        _positive(f"train.{name}", t[name])
+        _integer(f"train.{name}", t[name], minimum=1)
+    _integer("train.eval_batches", t.eval_batches, minimum=-(2 ** 62))  # <= 0: every batch
     if t.batch_size % t.grad_accum_steps:
         raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} is invalid; accepted: a divisor of "
                           f"train.batch_size={t.batch_size}")
-    if config.recovery.policy not in RECOVERY_POLICIES:
-        raise ConfigError(f"recovery.policy={config.recovery.policy!r} is invalid; accepted: "
-                          f"{', '.join(RECOVERY_POLICIES)}")
-    if not 0 < config.recovery.lr_factor <= 1:
-        raise ConfigError(f"recovery.lr_factor={config.recovery.lr_factor!r} is invalid; accepted: (0, 1]")
-    if config.data.packing not in PACKINGS:
-        raise ConfigError(f"data.packing={config.data.packing!r} is invalid; accepted: {', '.join(PACKINGS)}")
-    if config.optim.peak_lr <= 0:
-        raise ConfigError(f"optim.peak_lr={config.optim.peak_lr!r} is invalid; accepted: a positive number")
+    o = config.optim
+    _number("optim.peak_lr", o.peak_lr, low=0, low_open=True)
+    _number("optim.weight_decay", o.weight_decay, low=0)
+    _number("optim.warmup_fraction", o.warmup_fraction, low=0, high=1)
+    _choice("optim.decay", o.decay, DECAY_SHAPES)
+    _number("optim.end_lr_fraction", o.end_lr_fraction, low=0, high=1, high_open=False)
+    _number("optim.power", o.power, low=0, low_open=True)
+    _number("optim.clip_norm", o.clip_norm, low=0, low_open=True)
+    _number("optim.b1", o.b1, low=0, high=1)
+    _number("optim.b2", o.b2, low=0, high=1)
+    _number("optim.eps", o.eps, low=0, low_open=True)
+    r = config.recovery
+    _choice("recovery.policy", r.policy, RECOVERY_POLICIES)
+    _integer("recovery.max_recoveries", r.max_recoveries, minimum=0)
+    _number("recovery.lr_factor", r.lr_factor, low=0, high=1, low_open=True, high_open=False)
+    _choice("data.packing", config.data.packing, PACKINGS)
+    _choice("data.tokenizer", config.data.tokenizer, TOKENIZERS)

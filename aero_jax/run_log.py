@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import List, Mapping
+from typing import List, Mapping, Optional
 
 import numpy as np
 from etils import epath
+
+from aero_jax.workdir import write_text_atomically
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -51,9 +53,15 @@ class RunLog:
         if not self.enabled:
             return
         self._lines = [line for line in self._lines if json.loads(line)["step"] <= step]
-        tmp = self.path.parent / (self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in self._lines))
-        tmp.replace(self.path)
+        write_text_atomically(self.path, "".join(line + "\n" for line in self._lines))
+
+    def last_record(self, step: int, *, kind: str) -> Optional[dict]:
+        """The newest record of `kind` logged at `step`, or None."""
+        for line in reversed(self._lines):
+            record = json.loads(line)
+            if record["step"] == step and record["kind"] == kind:
+                return record
+        return None
 
     def write(self, step: int, metrics: Mapping, *, kind: str = "train") -> None:
         if not self.enabled:

@@ -6,6 +6,7 @@ summary.json live there, and rerunning the same command resumes from the newest 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -21,18 +22,20 @@ import numpy as np
 from etils import epath
 
 from aero_jax import data, distributed, flops, sharding
-from aero_jax.checkpoint import Checkpointer
+from aero_jax.checkpoint import Checkpointer, all_finite
 from aero_jax.config import ConfigError, ModelConfig, architecture_differences
+from aero_jax.errors import RunFailed
 from aero_jax.model import AeroLM
 from aero_jax.optim import adamw, learning_rate_schedule
-from aero_jax.run_config import model_config_from, validate
+from aero_jax.run_config import architecture_label, model_config_from, validate
 from aero_jax.run_log import RunLog, console
 from aero_jax.train_step import create_train_state, eval_step, jit_train_step
+from aero_jax.workdir import make_workdir, workdir_lock, write_text_atomically
 
 CONFIG_FILE = "config.json"
 
 
-class Divergence(RuntimeError):
+class Divergence(RunFailed):
     """The loss became non-finite and the recovery policy could not (or was told not to) recover."""
 
 
@@ -73,9 +76,7 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model
             raise ConfigError(f"workdir {workdir} holds another architecture: {listed}; "
                               f"accepted: the same model config, or a new --workdir")
     if jax.process_index() == 0:
-        tmp = path.parent / (CONFIG_FILE + ".tmp")
-        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-        tmp.replace(path)
+        write_text_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_data(config, tokenizer, seq_len: int):
@@ -129,7 +130,7 @@ class Trainer:
         self.model_config = model_config_from(config.model)
         tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
         data.check_vocab(tokenizer, self.model_config.vocab_size)
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        make_workdir(workdir)
         _check_workdir_config(workdir, config, self.model_config)
         self.train_rows, self.val_rows = load_data(config, tokenizer, self.model_config.max_len)
 
@@ -171,7 +172,9 @@ class Trainer:
         return step
 
     def _save(self, step: int) -> None:
-        self.checkpoints.save(step, self.state, {"data_offset": self.data_offset, "recoveries": self.recoveries})
+        meta = {"data_offset": self.data_offset, "recoveries": self.recoveries,
+                "lr_scale": float(self.state.lr_scale)}
+        self.checkpoints.save(step, self.state, meta)
 
     def batch_for(self, step: int) -> np.ndarray:
         """The rows of the global batch at `step`: a pure function of (seed, step, data offset)."""
@@ -183,7 +186,11 @@ class Trainer:
     # -- divergence ----------------------------------------------------------------------------
 
     def _handle_divergence(self, step: int) -> int:
-        """Stop, or roll back to the last good checkpoint past the diverging data; returns the new step."""
+        """Stop, or roll back to the last good checkpoint past the diverging data; returns the new step.
+
+        Each retry backs off from where the run stands, not from the checkpoint: the learning-rate
+        scale is multiplied again and the data offset grows past every window that diverged.
+        """
         r = self.config.recovery
         self.checkpoints.wait()  # a save still in flight is the last good checkpoint
         last_good = self.checkpoints.steps()[-1] if self.checkpoints.steps() else None
@@ -194,12 +201,16 @@ class Trainer:
             bad_path.write_text(json.dumps({"step": step, "data_step": step + self.data_offset, "indices": indices}))
         where = f"last good checkpoint: step {last_good}" if last_good is not None else "no checkpoint yet"
         if r.policy == "stop" or last_good is None or self.recoveries >= r.max_recoveries:
+            advice = ("--config.recovery.policy=rollback or a lower --config.optim.peak_lr" if r.policy == "stop"
+                      else "a lower --config.optim.peak_lr or more --config.recovery.max_recoveries")
             raise Divergence(f"non-finite loss at step {step} ({where}; the batch's indices are in {bad_path}); "
-                             f"recovery.policy={r.policy!r}, recoveries used {self.recoveries}/{r.max_recoveries}")
-        self.state, meta = self.checkpoints.restore(last_good, self.state)
-        self.data_offset = meta["data_offset"] + (step + 1 - last_good)
+                             f"recovery.policy={r.policy!r}, recoveries used {self.recoveries}/{r.max_recoveries}; "
+                             f"to go on, rerun with {advice}")
+        lr_scale = float(self.state.lr_scale) * r.lr_factor
+        self.state, _ = self.checkpoints.restore(last_good, self.state)
+        self.data_offset += step + 1 - last_good
         self.recoveries += 1
-        self.state = self.state.replace(lr_scale=self.state.lr_scale * r.lr_factor)
+        self.state = self.state.replace(lr_scale=jnp.asarray(lr_scale, jnp.float32))
         console(f"non-finite loss at step {step}: rolled back to step {last_good}, skipping {step + 1 - last_good} "
                 f"batches, learning-rate scale {float(self.state.lr_scale):.3g} (recovery {self.recoveries}"
                 f"/{r.max_recoveries})")
@@ -218,8 +229,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=t.num_steps, initial=step, disable=None if self.log.enabled else True, unit="step")
-        if step >= t.num_steps:  # a finished run: report it again
-            self._evaluate(step, bar)
+        if step >= t.num_steps:  # a finished run: report its last evaluation again
+            self.last_eval = self.log.last_record(step, kind="eval") or self._evaluate(step, bar)
         with _StopSignal() as stop:
             while step < t.num_steps:
                 started = time.perf_counter()
@@ -242,7 +253,7 @@ class Trainer:
                 if diverged is None and boundary:
                     diverged, pending = self._collect(pending, window), None
                 saving = step % t.checkpoint_every == 0 or at_end or stopping
-                if diverged is None and saving and not bool(_all_finite(self.state.params)):
+                if diverged is None and saving and not bool(all_finite(self.state.params)):
                     diverged = step - 1  # a finite loss, but its update made the parameters non-finite
                 if diverged is not None:
                     step, window, pending = self._handle_divergence(diverged), [], None
@@ -263,7 +274,7 @@ class Trainer:
                 if saving:
                     self._save(step)  # the parameters were checked finite above
                 if stopping:
-                    console(f"received signal {stop.received}: saved the checkpoint at step {step}; "
+                    console(f"received {signal.Signals(stop.received).name}: saved the checkpoint at step {step}; "
                             f"rerun the same command to resume")
                     break
         bar.close()
@@ -317,7 +328,7 @@ class Trainer:
 
     def _finish(self, step: int, *, stopped: bool) -> dict:
         summary = {"step": step, "stopped_by_signal": stopped, "workdir": self.workdir,
-                   "architecture": self.config.model.preset}
+                   "architecture": architecture_label(self.config.model)}
         if not stopped:
             vocab = self.model_config.vocab_size
             summary.update(
@@ -325,17 +336,19 @@ class Trainer:
                 unigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=1, vocab_size=vocab),
                 bigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=2, vocab_size=vocab))
             if self.log.enabled:
-                (epath.Path(self.workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
+                write_text_atomically(epath.Path(self.workdir) / "summary.json", json.dumps(summary, indent=2))
         self.log.close()
         self.checkpoints.close()
         return summary
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train (or resume) the run of `config` in `workdir`; returns the run's summary."""
-    return Trainer(config, workdir).run()
+    """Train (or resume) the run of `config` in `workdir`, holding its lock; returns the run's summary.
+
+    Only process 0 of a multi-process run takes the lock: the others follow its lead.
+    """
+    validate(config)
+    make_workdir(workdir)
+    lock = workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return Trainer(config, workdir).run()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from aero_jax import presets
 from aero_jax.config import ConfigError
+from aero_jax.errors import argparse_main
 from aero_jax.pi.cost import load_coefficients, pi_cost
 from aero_jax.pi.fit import calibration_rows, fit_errors
 
@@ -72,19 +72,19 @@ def paper_table() -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = _parser().parse_args(argv)
-    try:
-        if args.paper_table:
-            print(paper_table())
-            return
-        if not args.preset:
-            raise ConfigError("--preset is required; accepted: a preset name or slug, or --paper-table")
-        name, config = config_from_args(args)
-        report = pi_cost(config, name=name)
-    except ConfigError as error:
-        sys.exit(f"aero-pi-cost: {error}")
+def _run(args) -> None:
+    if args.paper_table:
+        print(paper_table())
+        return
+    if not args.preset:
+        raise ConfigError("--preset is required; accepted: a preset name or slug, or --paper-table")
+    name, config = config_from_args(args)
+    report = pi_cost(config, name=name)
     print(json.dumps(report) if args.json else _text(report))
+
+
+def main(argv=None):
+    argparse_main("aero-pi-cost", _parser(), _run, argv)
 
 
 if __name__ == "__main__":
