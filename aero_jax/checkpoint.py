@@ -51,9 +51,10 @@ class Checkpointer:
         """Start an asynchronous save of `state` with `meta` and the state's fingerprints."""
         meta = {**meta, CHECKSUMS: fingerprints(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.wait()  # orbax waits for the previous save anyway; a failure of it is named as its own
+        self._in_flight = step
         with self._failures_named():
             self._manager.save(step, args=args, force=True)
-        self._in_flight = step
 
     def restore(self, step: int, like: Any) -> Tuple[Any, dict]:
         """The state and metadata saved at `step`; CorruptCheckpoint if they are not what was saved."""
@@ -115,9 +116,10 @@ class Checkpointer:
 
 
 def _reason(error: BaseException) -> str:
-    """The first line of an error's message, without object reprs that say nothing to a user."""
-    text = re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "", str(error)).strip()
-    return text.splitlines()[0].strip() if text else "no message"
+    """The first line of an error's message, cut before any object repr (they say nothing to a user)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = re.split(r"\s*(?:details: )?<(?:bound method |function |\S+ object at 0x)", lines[0])[0] if lines else ""
+    return line.rstrip(" :;,(") or "no message"
 
 
 # -- fingerprints ----------------------------------------------------------------------------------

@@ -185,7 +185,13 @@ def _train_main(argv):
         _report(train(config, workdir))
 
     run_command("aero-train", body, verbose=FLAGS.verbose, log_path=lambda: log.get("path"),
-                context=lambda: last_checkpoint_note(workdir) if "://" not in workdir else "")
+                context=lambda error: _checkpoint_context(error, workdir))
+
+
+def _checkpoint_context(error: BaseException, workdir: str) -> str:
+    from aero_jax.trainer import Divergence  # its message names the last good checkpoint itself
+
+    return "" if isinstance(error, Divergence) or "://" in workdir else last_checkpoint_note(workdir)
 
 
 def train():

@@ -82,11 +82,11 @@ def _one_line(text: str) -> str:
 
 
 def run_command(prog: str, body: Callable[[], None], *, verbose: bool, log_path: Callable[[], Optional[str]] = None,
-                context: Callable[[], str] = lambda: "") -> None:
+                context: Callable[[BaseException], str] = lambda error: "") -> None:
     """Run `body`; any exception becomes one line on stderr and the exit status of its kind.
 
     `log_path()` names the file that receives the traceback (None: only --verbose shows it);
-    `context()` adds what the user needs to go on (e.g. the last good checkpoint).
+    `context(error)` adds what the user needs to go on after a failed run (e.g. the last good checkpoint).
     """
     try:
         body()
@@ -100,7 +100,7 @@ def run_command(prog: str, body: Callable[[], None], *, verbose: bool, log_path:
             append_text(path, trace)
         if verbose:
             sys.stderr.write(trace)
-        extra = context() if code == RUN_FAILED else ""
+        extra = context(error) if code == RUN_FAILED else ""
         where = "" if code == BAD_INPUT else (f" (traceback: {path})" if path else " (--verbose shows the traceback)")
         print(f"{prog}: {message}{extra}{where}", file=sys.stderr, flush=True)
         if not verbose:

@@ -136,11 +136,13 @@ def write_figures(runs: List[Run], out: str) -> Dict[str, str]:
 
 
 def report(workdirs: List[str], out: str = "") -> Dict[str, str]:
+    out = out or os.path.join(workdirs[0], "report")
+    if os.path.isdir(workdirs[0]):  # a missing workdir is named by load_run below
+        make_output_folder(out, flag="--out")
     runs = [load_run(w) for w in workdirs]
     check_same_size(runs)
     _unique_labels(runs)
-    out = out or os.path.join(workdirs[0], "report")
-    make_output_folder(out, flag="--out")
+    os.makedirs(out, exist_ok=True)
     write_table(table_rows(runs), out)
     paths = write_figures(runs, out)
     return {"table.md": os.path.join(out, "table.md"), "table.csv": os.path.join(out, "table.csv"), **paths}

@@ -47,7 +47,7 @@ def make_workdir(workdir: str) -> epath.Path:
         raise ConfigError(f"--workdir={workdir} is a file; accepted: a directory (new, or a run directory to resume)")
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as error:
+    except OSError as error:
         raise ConfigError(f"--workdir={workdir} cannot be created ({error.strerror}: {error.filename}); accepted: "
                           f"a path whose parents are directories") from error
     if not is_remote(workdir) and not os.access(path, os.W_OK | os.X_OK):

@@ -91,6 +91,7 @@ def test_sigterm_leaves_a_resumable_workdir(corpus, tmp_path):
                                 "--config.train.eval_every=1000"),
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
+    assert "received SIGTERM: saved the checkpoint" in err
     assert f"resumed from the checkpoint at step {last}" in rerun.stderr
     assert "validation perplexity" in rerun.stdout
 

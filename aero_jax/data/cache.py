@@ -6,7 +6,9 @@ Layout in `cache_dir`, for `stem = <name>-<first 16 hex digits of sha256(key)>`:
   <stem>.lock  an flock file, so concurrent builders of one key wait instead of racing
 A manifest is removed before its array is rewritten, so a manifest on disk always describes the
 array that was finished before it. Anything else (temporary files left by a crash, an array
-without manifest, a manifest that does not match) is never trusted, and rebuilt.
+without manifest, a manifest that does not match, an array whose sha256 differs from the
+manifest's, checked on first use in each process) is never trusted, and rebuilt. A trusted cache
+is read without taking the lock, so a read-only cache folder serves readers.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ def cached_array(cache_dir: str, key: dict, build: Callable[[], np.ndarray], *, 
     if "://" in os.fspath(cache_dir):
         raise ConfigError(f"cache_dir={cache_dir!r} is invalid; accepted: a local folder (the cache is memory-mapped)")
     full_key = canonical_key(key)
-    os.makedirs(cache_dir, exist_ok=True)
     stem = os.path.join(cache_dir, f"{name}-{key_digest(full_key)[:16]}")
     array_path, manifest_path = stem + ".npy", stem + ".json"
-    with _exclusive_lock(stem + ".lock"):
+    if os.path.exists(manifest_path) and not _manifest_problem(array_path, manifest_path, full_key):
+        return np.load(array_path, mmap_mode="r")
+    os.makedirs(cache_dir, exist_ok=True)
+    with exclusive_lock(stem + ".lock"):
         cached = _load_trusted(array_path, manifest_path, full_key)
         if cached is not None:
             return cached
@@ -99,6 +103,22 @@ def _manifest_problem(array_path: str, manifest_path: str, full_key: dict) -> st
     found = (list(array.shape), str(array.dtype), os.path.getsize(array_path) - array.offset)
     if found != promised:
         return f"array has shape, dtype, bytes {found}; manifest says {promised}"
+    return _checksum_problem(array_path, array, manifest.get("sha256"))
+
+
+_VERIFIED = set()  # (path, size, mtime) of arrays whose sha256 this process has checked
+
+
+def _checksum_problem(array_path: str, array: np.ndarray, promised: Optional[str]) -> str:
+    """"" when the array's sha256 equals the manifest's (checked once per process and file version)."""
+    stat = os.stat(array_path)
+    version = (array_path, stat.st_size, stat.st_mtime_ns)
+    if version in _VERIFIED:
+        return ""
+    found = hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+    if found != promised:
+        return f"sha256 {found[:12]}... differs from the manifest's {str(promised)[:12]}..."
+    _VERIFIED.add(version)
     return ""
 
 
@@ -122,6 +142,7 @@ def _write_atomically(path: str, write: Callable) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; others may read the cache
         os.replace(temporary, path)
     except BaseException:
         _remove_if_present(temporary)
@@ -138,8 +159,14 @@ def _remove_stale_temporaries(stem: str) -> None:
             _remove_if_present(os.path.join(folder, entry))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def _exclusive_lock(lock_path: str):
+def exclusive_lock(lock_path: str):
     """Hold an exclusive flock on `lock_path` (released by the OS if this process dies)."""
     with open(lock_path, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)

@@ -10,16 +10,20 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sysconfig
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
+from aero_jax.data.cache import exclusive_lock
+from aero_jax.run_log import console
 
 EXCLUDED_FOLDERS = ("site-packages", "dist-packages")  # installed packages, not the stdlib
 VALIDATION_PER_MILLE = 20  # about 2% of the files
 STDLIB_SOURCE = "stdlib"
+INCOMPLETE_PREFIX = "incomplete."  # TFDS builds into <dataset>/incomplete.XXXXXX_<version>/, then renames
 
 
 class PythonStdlib(tfds.core.GeneratorBasedBuilder):
@@ -84,10 +88,28 @@ def prepare_stdlib(data_dir: str, *, source_dir: Optional[str] = None) -> Python
     is refused rather than silently reused or overwritten.
     """
     builder = PythonStdlib(data_dir=data_dir, source_dir=source_dir)
-    if builder.is_prepared():
+    if builder.is_prepared():  # readers stop here: nothing is written to a prepared data_dir
         _check_same_source(builder, data_dir)
-    builder.download_and_prepare()
+        return builder
+    os.makedirs(data_dir, exist_ok=True)
+    with exclusive_lock(os.path.join(data_dir, f"{builder.name}.lock")):  # one builder at a time
+        remove_incomplete_builds(os.path.join(data_dir, builder.name))
+        builder = PythonStdlib(data_dir=data_dir, source_dir=source_dir)  # another process may have built it
+        if builder.is_prepared():
+            _check_same_source(builder, data_dir)
+        else:
+            builder.download_and_prepare()
     return builder
+
+
+def remove_incomplete_builds(dataset_folder: str) -> None:
+    """Delete the `incomplete.*` folders an interrupted TFDS build left (safe under the build lock)."""
+    if not os.path.isdir(dataset_folder):
+        return
+    for entry in sorted(os.listdir(dataset_folder)):
+        if entry.startswith(INCOMPLETE_PREFIX):
+            shutil.rmtree(os.path.join(dataset_folder, entry), ignore_errors=True)
+            console(f"removed {os.path.join(dataset_folder, entry)}, left by an interrupted dataset build")
 
 
 def stdlib_folder() -> str:
