@@ -26,6 +26,7 @@ test-slow: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/step_throughput.py
 	$(BIN)/python benchmarks/train_loop_overhead.py
+	$(BIN)/python benchmarks/checkpoint_save.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

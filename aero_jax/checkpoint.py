@@ -1,8 +1,8 @@
 """Checkpoints of the training state with orbax: keep the last K, verify on restore, fall back past a bad one.
 
 Each save records a fingerprint of every leaf of the state (computed on the device, see
-`fingerprints`) in the checkpoint's JSON metadata; a restore recomputes it and refuses a
-checkpoint whose bytes changed, or whose parameters are not finite. A trainer moves a bad
+`fingerprints`; `fingerprint=False` skips it) in the checkpoint's JSON metadata; a restore
+recomputes it and refuses a checkpoint whose bytes changed, or whose parameters are not finite. A trainer moves a bad
 checkpoint aside (`<step>.unreadable`) and uses the previous one; a reader (read_only=True)
 never changes the directory: it skips the bad checkpoint with a warning.
 """
@@ -24,7 +24,6 @@ from aero_jax.errors import RunFailed, no_space
 from aero_jax.run_log import console
 
 CHECKSUMS = "checksums"
-_MULTIPLIER = np.uint32(0x9E3779B1)  # odd: every position gets a distinct, invertible weight
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -34,11 +33,11 @@ class CorruptCheckpoint(RuntimeError):
 class Checkpointer:
     """A CheckpointManager over `directory` (local path or gs://) saving state plus JSON metadata."""
 
-    def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
+    def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False, fingerprint: bool = True):
         if "://" not in directory:
             directory = os.path.abspath(directory)  # orbax accepts absolute paths only
         self.directory = epath.Path(directory)
-        self.read_only = read_only
+        self.read_only, self.fingerprint = read_only, fingerprint
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                                cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(directory, options=options)
@@ -49,7 +48,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Start an asynchronous save of `state` with `meta` and the state's fingerprints."""
-        meta = {**meta, CHECKSUMS: fingerprints(state)}
+        if self.fingerprint:
+            meta = {**meta, CHECKSUMS: fingerprints(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.wait()  # orbax waits for the previous save anyway; a failure of it is named as its own
         self._in_flight = step
@@ -125,10 +125,10 @@ def _reason(error: BaseException) -> str:
 # -- fingerprints ----------------------------------------------------------------------------------
 
 def fingerprints(state: Any) -> Dict[str, str]:
-    """{leaf path: 16 hex digits} of a state, computed on the device where the state lives."""
+    """{leaf path: 8 hex digits} of a state, computed on the device where the state lives."""
     leaves = jax.tree_util.tree_leaves_with_path(state)
     values = jax.device_get(_leaf_fingerprints([leaf for _, leaf in leaves]))
-    return {jax.tree_util.keystr(path): f"{int(a):08x}{int(b):08x}" for (path, _), (a, b) in zip(leaves, values)}
+    return {jax.tree_util.keystr(path): f"{int(value):08x}" for (path, _), value in zip(leaves, values)}
 
 
 def verify(state: Any, recorded: Optional[Dict[str, str]]) -> None:
@@ -149,16 +149,14 @@ def _leaf_fingerprints(leaves):
 
 
 def _fingerprint(x: jax.Array) -> jax.Array:
-    """Two position-weighted sums of an array's bit patterns (mod 2^32): any changed word changes both."""
+    """sum_i word_i * (2 i + 1) mod 2^32 over an array's bit patterns: any single changed word changes it."""
     words = _as_words(x)
     position = jnp.zeros(words.shape, jnp.uint32)
     stride = 1
     for axis in reversed(range(words.ndim)):
         position = position + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * np.uint32(stride % 2 ** 32)
         stride *= words.shape[axis]
-    first = jnp.sum(words * (position * np.uint32(2) + np.uint32(1)), dtype=jnp.uint32)
-    second = jnp.sum(words * ((position * _MULTIPLIER) | np.uint32(1)), dtype=jnp.uint32)
-    return jnp.stack([first, second])
+    return jnp.sum(words * (position * np.uint32(2) + np.uint32(1)), dtype=jnp.uint32)
 
 
 def _as_words(x: jax.Array) -> jax.Array:

@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
         num_steps=1000, batch_size=32, grad_accum_steps=1,
         log_every=50, eval_every=500, eval_batch_size=32, eval_batches=20,  # eval_batches <= 0: all
         checkpoint_every=500, keep_checkpoints=3,
+        # Record each array's fingerprint at save and check it at restore: on an accelerator it
+        # costs milliseconds; on a 2-core CPU about a third of a GPT-2-small save (docs/benchmarks.md).
+        checkpoint_fingerprints=True,
     ))
     # Device mesh (data, fsdp, tensor; one size may be -1 for the devices left) and the table
     # mapping logical axis names onto mesh axes ("" replicates); see aero_jax/sharding.py.
@@ -147,6 +150,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  "checkpoint_every", "keep_checkpoints"):
         _integer(f"train.{name}", t[name], minimum=1)
     _integer("train.eval_batches", t.eval_batches, minimum=-(2 ** 62))  # <= 0: every batch
+    if not isinstance(t.checkpoint_fingerprints, bool):
+        raise ConfigError(f"train.checkpoint_fingerprints={t.checkpoint_fingerprints!r} is invalid; accepted: "
+                          f"True, False")
     if t.batch_size % t.grad_accum_steps:
         raise ConfigError(f"train.grad_accum_steps={t.grad_accum_steps} is invalid; accepted: a divisor of "
                           f"train.batch_size={t.batch_size}")

@@ -153,7 +153,8 @@ class Trainer:
         self.eval_fn = jax.jit(lambda p, s, x: eval_step(p, s, x, model=self.model),
                                in_shardings=(self.state_shardings.params, self.state_shardings.model_state,
                                              self.batch_sharding), out_shardings=replicated)
-        self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+        self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
+                                        fingerprint=t.checkpoint_fingerprints)
         self.log = RunLog(workdir, enabled=jax.process_index() == 0)
         self.data_offset, self.recoveries = 0, 0
         self.resumed_from = self._restore_latest()

@@ -8,6 +8,7 @@ import jax
 import pytest
 
 from aero_jax import data
+from aero_jax.run_config import base_config, model_section
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -24,3 +25,13 @@ def corpus(tmp_path_factory):
         shutil.copy(stdlib / name, source / name)
     return {"source_dir": str(source), "data_dir": str(tmp_path_factory.mktemp("tfds")),
             "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+
+
+def small_config(corpus, **train):
+    """A tiny EReg(SM(t)+ScFuFFN) run on the shared corpus: 8 steps, checkpoints at 4 and 8."""
+    c = base_config()
+    c.model = model_section("EReg(SM(t)+ScFuFFN)", size="tiny", vocab_size=257, max_len=32)
+    c.data.update(corpus)
+    c.train.update(dict(num_steps=8, batch_size=4, log_every=1, eval_every=4, eval_batch_size=4, eval_batches=2,
+                        checkpoint_every=4), **train)
+    return c

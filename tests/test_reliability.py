@@ -24,27 +24,19 @@ import pytest
 from etils import epath
 
 from aero_jax import workdir as workdir_module
-from aero_jax.checkpoint import Checkpointer, CorruptCheckpoint, _reason
+from aero_jax.checkpoint import Checkpointer, CorruptCheckpoint, _reason, fingerprints
 from aero_jax.config import ConfigError
 from aero_jax.data import cache
 from aero_jax.data.stdlib import prepare_stdlib
-from aero_jax.run_config import base_config, model_section, validate
+from aero_jax.run_config import base_config, validate
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Trainer
+from conftest import small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
 BIN = pathlib.Path(sys.executable).parent
 PR_CAPBSET_DROP = 24
-
-
-def small_config(corpus, **train):
-    c = base_config()
-    c.model = model_section("EReg(SM(t)+ScFuFFN)", size="tiny", vocab_size=257, max_len=32)
-    c.data.update(corpus)
-    c.train.update(dict(num_steps=8, batch_size=4, log_every=1, eval_every=4, eval_batch_size=4, eval_batches=2,
-                        checkpoint_every=4), **train)
-    return c
 
 
 def data_flags(corpus):
@@ -206,6 +198,24 @@ def test_a_checkpoint_with_nonfinite_parameters_is_not_good(tmp_path):
         checkpoints.restore(2, state)
     step, restored, _ = checkpoints.restore_latest(state)
     assert step == 1 and np.array_equal(restored["params"]["w"], np.ones(3))
+
+
+def test_every_changed_word_changes_the_fingerprint():
+    state = {"w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4), "b": jnp.ones((2,), jnp.bfloat16)}
+    original = fingerprints(state)
+    for index in np.ndindex(3, 4):
+        assert fingerprints({**state, "w": state["w"].at[index].add(1e-6)}) != original, index
+    swapped = state["w"].at[0, 0].set(state["w"][0, 1]).at[0, 1].set(state["w"][0, 0])
+    assert fingerprints({**state, "w": swapped}) != original
+    assert fingerprints({**state, "b": state["b"].at[1].set(2)})["['b']"] != original["['b']"]
+
+
+def test_fingerprints_can_be_turned_off(tmp_path):
+    checkpoints = Checkpointer(str(tmp_path), fingerprint=False)
+    state = {"params": {"w": jnp.ones((3,))}}
+    checkpoints.save(1, state, {"data_offset": 0})
+    checkpoints.wait()
+    assert checkpoints.restore(1, state)[1] == {"data_offset": 0}
 
 
 def test_unreadable_reasons_carry_no_object_reprs():

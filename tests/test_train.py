@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 
 from aero_jax.config import ConfigError
-from aero_jax.run_config import base_config, model_section
+from aero_jax.run_config import model_section
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Divergence, Trainer
+from conftest import small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def small_config(corpus, **train):
-    c = base_config()
-    c.model = model_section("EReg(SM(t)+ScFuFFN)", size="tiny", vocab_size=257, max_len=32)
-    c.data.update(corpus)
-    c.train.update(dict(num_steps=8, batch_size=4, log_every=1, eval_every=4, eval_batch_size=4, eval_batches=2,
-                        checkpoint_every=4), **train)
-    return c
 
 
 def train_losses(workdir):
