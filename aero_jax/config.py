@@ -15,6 +15,8 @@ from aero_jax.errors import ConfigError  # noqa: F401  (re-exported: most module
 
 ACTIVATIONS = ("gelu", "relu", "leaky_relu", "learnable_leaky_relu", "identity")
 SLOPE_SCOPES = ("global", "per_layer")
+GELU_FORMS = ("exact", "tanh")
+TEMPERATURE_PARAMS = ("log", "raw")
 NORM_GROUPS = ("qk", "v", "o", "ffn")
 DTYPES = ("float32", "bfloat16")
 PENALTY_REDUCTIONS = ("per_position_sum", "head_mean")
@@ -43,8 +45,15 @@ class ModelConfig:
     ln_epsilon: float = 1e-5
     ln_frozen: bool = False  # every LayerNorm replaced by its calibrated affine substitute (section 9)
 
+    # Linear layers: which groups (of NORM_GROUPS) have a trainable bias; GPT-2 init std, with the
+    # attention-output and FFN-output kernels scaled by 1/sqrt(2L) when residual_init_scaling.
+    bias_groups: Tuple[str, ...] = NORM_GROUPS
+    residual_init_scaling: bool = True
+    qk_fused: bool = False  # one [d, 2d] QK projection, as the released code: norms act on [Wq | Wk]
+
     # Feed-forward network.
     activation: str = "gelu"
+    gelu_form: str = "tanh"  # tanh (GPT-2's gelu_new) | exact (erf, the released code's "gelu")
     leaky_slope: float = 0.01  # fixed slope, or initial slope when learnable
     leaky_slope_scope: str = "global"  # learnable slope: one for the model, or one per layer
     ffn_fused: bool = False  # ScFuFFN: a single d x d matrix; identity activation only
@@ -58,9 +67,11 @@ class ModelConfig:
     spectral_norm: Tuple[str, ...] = ()
     spectral_norm_iters: int = 1  # power-iteration steps per training forward pass
 
-    # SM(t): learnable attention temperature per head and query position, t = exp(log_t) > 0.
+    # SM(t): learnable attention temperature per head and query position, kept positive:
+    # t = exp(p) ("log") or t = max(p, TEMPERATURE_FLOOR) with p learned directly ("raw").
     learnable_temperature: bool = False
     temperature_init: float = 1.0
+    temperature_param: str = "log"
 
     # Per-head attention entropy, sown as an intermediate; turn off for inference.
     sow_entropy: bool = True
@@ -72,6 +83,7 @@ class ModelConfig:
     ereg_threshold_init: float = 0.5  # theta, as a fraction of E_max
     ereg_reduction: str = "per_position_sum"
     ereg_head_strengths: bool = False  # learnable per-head weights, normalised per layer
+    ereg_rows: int = 128  # per_position_sum: lambda multiplies a sum over this many rows (released: 128)
 
     # Numerics.
     dtype: str = "float32"  # compute dtype
@@ -81,7 +93,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.ffn_layers is not None:
             object.__setattr__(self, "ffn_layers", tuple(int(i) for i in self.ffn_layers))
-        for name in ("weight_norm", "spectral_norm"):
+        for name in ("weight_norm", "spectral_norm", "bias_groups"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = tuple(g for g in value.replace("+", ",").split(",") if g)
@@ -103,7 +115,7 @@ class ModelConfig:
 
 # Fields that change the loss or the numerics but not the parameters: a run may resume with
 # other values of these; any other difference is another architecture.
-NON_ARCHITECTURE_FIELDS = ("ereg_weight", "ereg_gamma", "ereg_reduction", "sow_entropy", "dtype",
+NON_ARCHITECTURE_FIELDS = ("ereg_weight", "ereg_gamma", "ereg_reduction", "ereg_rows", "sow_entropy", "dtype",
                            "spectral_norm_iters")
 
 
@@ -130,7 +142,8 @@ FLOAT_FIELDS = ("ln_epsilon", "leaky_slope", "ffn_alpha_init", "ffn_beta_init", 
 
 
 def _validate(c: ModelConfig) -> None:
-    for name in ("num_layers", "num_heads", "d_model", "d_ff", "vocab_size", "max_len", "spectral_norm_iters"):
+    for name in ("num_layers", "num_heads", "d_model", "d_ff", "vocab_size", "max_len", "spectral_norm_iters",
+                 "ereg_rows"):
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             _fail(name, value, "a positive integer")
@@ -144,6 +157,10 @@ def _validate(c: ModelConfig) -> None:
         _fail("num_heads", c.num_heads, f"a divisor of d_model={c.d_model}")
     if c.activation not in ACTIVATIONS:
         _fail("activation", c.activation, ", ".join(ACTIVATIONS))
+    if c.gelu_form not in GELU_FORMS:
+        _fail("gelu_form", c.gelu_form, ", ".join(GELU_FORMS))
+    if c.temperature_param not in TEMPERATURE_PARAMS:
+        _fail("temperature_param", c.temperature_param, ", ".join(TEMPERATURE_PARAMS))
     if c.leaky_slope_scope not in SLOPE_SCOPES:
         _fail("leaky_slope_scope", c.leaky_slope_scope, ", ".join(SLOPE_SCOPES))
     if c.ffn_fused and c.activation != "identity":
@@ -154,7 +171,7 @@ def _validate(c: ModelConfig) -> None:
             _fail("ffn_layers", c.ffn_layers, f"None or distinct layer indices in [0, {c.num_layers})")
     if c.ffn_scaling and c.ffn_alpha_init <= 0:
         _fail("ffn_alpha_init", c.ffn_alpha_init, "a positive number (the FFN output is divided by it)")
-    for name in ("weight_norm", "spectral_norm"):
+    for name in ("weight_norm", "spectral_norm", "bias_groups"):
         bad = [g for g in getattr(c, name) if g not in NORM_GROUPS]
         if bad:
             _fail(name, getattr(c, name), f"a subset of {', '.join(NORM_GROUPS)}")

@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from aero_jax import data
-from aero_jax.config import ConfigError, ModelConfig
+from aero_jax.config import NORM_GROUPS, ConfigError, ModelConfig
 from aero_jax.errors import argparse_main
 from aero_jax.evaluate import restore_run, run_data
 from aero_jax.layers import LN_CALIBRATION, LN_STD_NAME
@@ -92,19 +92,41 @@ def fold(config: ModelConfig, params, calibration) -> tuple:
     if config.weight_norm or config.spectral_norm:
         raise ConfigError("weight_norm or spectral_norm is invalid with folding; accepted: plain linear layers")
     params = jax.tree_util.tree_map(lambda x: x, params)  # a copy we may edit
+    bias_groups = tuple(g for g in NORM_GROUPS if g in config.bias_groups or g in FOLD_GROUPS)
+    _add_zero_biases(params, [g for g in bias_groups if g not in config.bias_groups])
     for path, name in _sites(config):
         if name == "ln_final":
             continue
         block = _at(params, path)
         ln = block.pop(name)
         std = _at(calibration, path + (name,))["std"]
-        targets = [block["attn"][k] for k in ("query", "key", "value")] if name == "ln_attn" else \
+        attention = ("qk", "value") if config.qk_fused else ("query", "key", "value")
+        targets = [block["attn"][k] for k in attention] if name == "ln_attn" else \
             [block["ffn"]["fused" if config.ffn_fused else "fc_in"]]
         for layer in targets:
             layer["kernel"], layer["bias"] = _fold_kernel(layer["kernel"], layer["bias"], ln["scale"], ln["bias"], std)
-    folded_config = config.replace(ln_attn=False, ln_ffn=False, ln_frozen=True)
+    folded_config = config.replace(ln_attn=False, ln_ffn=False, ln_frozen=True, bias_groups=bias_groups)
     folded_calibration = {"ln_final": calibration["ln_final"]} if config.ln_final else {}
     return folded_config, params, folded_calibration
+
+
+# The groups whose layers receive a folded LayerNorm's shift as a bias; Linear modules by group.
+FOLD_GROUPS = ("qk", "v", "ffn")
+_GROUP_MODULES = {"qk": ("query", "key", "qk"), "v": ("value",), "o": ("out",), "ffn": ("fc_in", "fc_out", "fused")}
+
+
+def _add_zero_biases(params, groups) -> None:
+    """Give every linear layer of `groups` a zero bias (the released blocks train none outside QK)."""
+    modules = {m for g in groups for m in _GROUP_MODULES[g]}
+
+    def visit(tree):
+        for name, child in tree.items():
+            if isinstance(child, dict):
+                if name in modules and "kernel" in child and "bias" not in child:
+                    child["bias"] = jnp.zeros(child["kernel"].shape[-1:], child["kernel"].dtype)
+                visit(child)
+
+    visit(params)
 
 
 def _collections(model_state, calibration):

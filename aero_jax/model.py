@@ -23,12 +23,31 @@ THRESHOLDS = "entropy_thresholds"
 STRENGTH_LOGITS = "entropy_strength_logits"
 
 
+TEMPERATURE_FLOOR = 1e-4  # temperature_param="raw": the learned t is used as max(t, this)
+
+
 def _linear(c: ModelConfig, features: int, group: str, *, residual: bool = False, name: str) -> Linear:
-    """A Linear of a norm group (qk, v, o, ffn); residual projections get GPT-2's 1/sqrt(2L) init."""
+    """A Linear of a group (qk, v, o, ffn): its norm and bias from the config; residual outputs may get
+    GPT-2's 1/sqrt(2L) init."""
     norm = "weight" if group in c.weight_norm else "spectral" if group in c.spectral_norm else "none"
-    std = c.init_std / math.sqrt(2 * c.num_layers) if residual else c.init_std
+    std = c.init_std / math.sqrt(2 * c.num_layers) if residual and c.residual_init_scaling else c.init_std
     return Linear(features, init_std=std, norm=norm, power_iters=c.spectral_norm_iters,
-                  dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), name=name)
+                  use_bias=group in c.bias_groups, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
+                  name=name)
+
+
+def temperature_name(c: ModelConfig) -> str:
+    return "temperature" if c.temperature_param == "raw" else "log_temperature"
+
+
+def temperature_from(p_HxT: jnp.ndarray, c: ModelConfig) -> jnp.ndarray:
+    """The temperature t the attention divides by, from its learned parameter."""
+    return jnp.maximum(p_HxT, TEMPERATURE_FLOOR) if c.temperature_param == "raw" else jnp.exp(p_HxT)
+
+
+def temperatures(attn_params, c: ModelConfig) -> jnp.ndarray:
+    """The attention temperatures t [H, max_len] of one layer, as the forward pass uses them."""
+    return temperature_from(attn_params[temperature_name(c)], c)
 
 
 def _layer_norm(c: ModelConfig, name: str) -> LayerNorm:
@@ -51,17 +70,21 @@ class CausalSelfAttention(nn.Module):
         c = self.config
         B, T, D = x_BxTxD.shape
         H, K = c.num_heads, c.head_dim
-        q_BxTxHxK = _linear(c, D, "qk", name="query")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
-        k_BxSxHxK = _linear(c, D, "qk", name="key")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
+        if c.qk_fused:
+            qk_BxTx2D = _linear(c, 2 * D, "qk", name="qk")(x_BxTxD, update_stats=train)
+            q_BxTxHxK, k_BxSxHxK = (part.reshape(B, T, H, K) for part in jnp.split(qk_BxTx2D, 2, axis=-1))
+        else:
+            q_BxTxHxK = _linear(c, D, "qk", name="query")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
+            k_BxSxHxK = _linear(c, D, "qk", name="key")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
         v_BxSxHxK = _linear(c, D, "v", name="value")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
 
         scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
                                     preferred_element_type=jnp.float32) / math.sqrt(K)
-        if c.learnable_temperature:
-            # t = exp(log_t) is positive by construction; one value per head and query position.
-            log_t_HxT = self.param("log_temperature", nn.initializers.constant(math.log(c.temperature_init)),
-                                   (H, c.max_len), jnp.float32)
-            scores_BxHxTxS = scores_BxHxTxS / jnp.exp(log_t_HxT[:, :T])[None, :, :, None]
+        if c.learnable_temperature:  # one positive t per head and query position
+            init = c.temperature_init if c.temperature_param == "raw" else math.log(c.temperature_init)
+            p_HxT = self.param(temperature_name(c), nn.initializers.constant(init), (H, c.max_len), jnp.float32)
+            t_HxT = temperature_from(p_HxT, c)
+            scores_BxHxTxS = scores_BxHxTxS / t_HxT[:, :T][None, :, :, None]
         scores_BxHxTxS = jnp.where(causal_mask(T)[None, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)  # masked entries are exact zeros
         if c.sow_entropy:  # attention diagnostics: entropy per row, count of non-finite probabilities
@@ -94,7 +117,7 @@ class FeedForward(nn.Module):
     def _activate(self, h, global_slope):
         c = self.config
         if c.activation == "gelu":
-            return nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
+            return nn.gelu(h, approximate=c.gelu_form == "tanh")
         if c.activation == "relu":
             return nn.relu(h)
         if c.activation == "leaky_relu":

@@ -30,13 +30,14 @@ def entropy_penalty(params, entropies_LxBxHxT: jnp.ndarray, model: AeroLM) -> jn
                            strengths_LxH=strengths)
 
 
-def lm_loss(params, model_state, tokens_BxT: jnp.ndarray, *, model: AeroLM, train: bool = True,
-            penalty_scale: float = 1.0) -> Tuple[jnp.ndarray, Tuple[dict, dict]]:
+def lm_loss(params, model_state, tokens_BxT: jnp.ndarray, *, model: AeroLM, train: bool = True
+            ) -> Tuple[jnp.ndarray, Tuple[dict, dict]]:
     """(loss, (metrics, new model state)) for a batch of token ids.
 
     The model reads all T tokens (so entropies and E_max = log T cover T positions, as in the
     papers' Hugging Face setup); the loss covers positions 0..T-2 predicting tokens 1..T-1.
-    `penalty_scale` lets a microbatch stand for its whole batch when the penalty sums over rows.
+    The `per_position_sum` penalty is a sum over rows; it is rescaled to stand for `ereg_rows`
+    rows (the released code's 128 per device), so its strength does not depend on the batch.
     """
     c = model.config
     logits, diagnostics, new_state = forward(model, {"params": params, **model_state}, tokens_BxT, train=train)
@@ -44,7 +45,8 @@ def lm_loss(params, model_state, tokens_BxT: jnp.ndarray, *, model: AeroLM, trai
     metrics = {"ce": ce}
     loss = ce
     if c.entropy_reg:
-        metrics["penalty"] = penalty_scale * entropy_penalty(params, diagnostics["entropy"], model)
+        rows = c.ereg_rows / tokens_BxT.shape[0] if c.ereg_reduction == "per_position_sum" else 1.0
+        metrics["penalty"] = rows * entropy_penalty(params, diagnostics["entropy"], model)
         loss = ce + c.ereg_weight * metrics["penalty"]
     if diagnostics:
         metrics["head_entropy"] = entropy.head_entropy(diagnostics["entropy"])

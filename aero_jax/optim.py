@@ -11,19 +11,31 @@ from aero_jax.config import ConfigError
 
 DECAYED_MATRICES = ("kernel",)
 EMBEDDINGS = ("embedding", "wpe")
+NEVER_DECAYED_IN_RELEASED = ("bias", "scale")  # biases, LayerNorm parameters, weight-norm gains
 DECAY_SHAPES = ("linear", "cosine", "polynomial", "constant")
+DECAY_GROUPINGS = ("aero", "released")
 
 
-def decay_mask(params, *, decay_embeddings: bool = True):
-    """True for leaves that take weight decay: linear kernels, and embeddings if configured.
+def decay_mask(params, *, decay_embeddings: bool = True, grouping: str = "aero"):
+    """True for leaves that take weight decay.
 
-    Biases, LayerNorm and weight-norm gains, thresholds, temperatures, FFN scales, leaky
-    slopes and strength logits are never decayed.
+    `aero` (default): linear kernels, and embeddings if configured; biases, LayerNorm and
+    weight-norm gains, thresholds, temperatures, FFN scales, leaky slopes and strength logits
+    are never decayed (the method file: "no weight decay on theta, temperatures, gains, biases").
+    `released`: the released optimizer (train_utils.py, MyTrainer.create_optimizer) decays every
+    parameter but LayerNorm parameters, biases and gains, so slopes, thresholds, temperatures
+    and FFN scales are decayed too.
     """
-    names = DECAYED_MATRICES + (EMBEDDINGS if decay_embeddings else ())
+    if grouping not in DECAY_GROUPINGS:
+        raise ConfigError(f"optim.decay_grouping={grouping!r} is invalid; accepted: {', '.join(DECAY_GROUPINGS)}")
 
     def decays(path, _):
-        return getattr(path[-1], "key", None) in names
+        name = getattr(path[-1], "key", None)
+        if name in EMBEDDINGS:
+            return decay_embeddings
+        if grouping == "released":
+            return name not in NEVER_DECAYED_IN_RELEASED
+        return name in DECAYED_MATRICES
 
     return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -60,10 +72,9 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     decay_embeddings: bool = True,
+    decay_grouping: str = "aero",
 ) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW with the decay mask (the papers' optimizer)."""
-    return optax.chain(
-        optax.clip_by_global_norm(clip_norm),
-        optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                    mask=lambda p: decay_mask(p, decay_embeddings=decay_embeddings)),
-    )
+    """Global-norm clipping (off when clip_norm is 0), then AdamW with the decay mask (the papers' optimizer)."""
+    adam = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                       mask=lambda p: decay_mask(p, decay_embeddings=decay_embeddings, grouping=decay_grouping))
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam

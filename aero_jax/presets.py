@@ -19,7 +19,14 @@ SIZES: Dict[str, dict] = {
     "tiny": dict(num_layers=2, num_heads=2, d_model=32, d_ff=128, vocab_size=257, max_len=32),
 }
 
+# The blocks of the released code (Nandan91/relu-revival-normfree, model_utils.py), for every preset:
+# normal(0.02) kernels without GPT-2's 1/sqrt(2L) residual scaling, a bias on the QK projection only
+# (V, output and FFN biases are frozen zeros), and the exact (erf) GELU of `ACT2FN["gelu"]`.
+_RELEASED_BLOCKS = dict(residual_init_scaling=False, bias_groups=("qk",), gelu_form="exact")
 _NO_LN = dict(ln_attn=False, ln_ffn=False, ln_final=False)
+# ReLU's Revival's norm-free rows replace only the blocks: GPT-2's final LayerNorm (ln_f) stays.
+_NORM_FREE_BLOCKS = dict(ln_attn=False, ln_ffn=False, ln_final=True)
+_RELEASED_FIXED_SLOPE = 0.1  # scripts/experiments/train_normfree.sh: model.lrelu_neg_slope=1e-1
 _SM = dict(_NO_LN, activation="identity")
 _SCFFN = dict(_SM, ffn_scaling=True)
 _SCFUFFN = dict(_SCFFN, ffn_fused=True)
@@ -34,9 +41,19 @@ _NORM_TABLE_GROUPS = {
 }
 
 
+# Deep-FFN pruning of the published rows: FFNs kept in the first k layers (14 of 18 in Table 8
+# of arXiv 2501.03489, 11 in the Languini rows, 8 in the SOTA row), beside the first half (6 of 12).
+PRUNED_FFN_COUNTS = (8, 11, 14)
+
+
 def _first_half_ffn(num_layers: int) -> Tuple[int, ...]:
     """Deep-FFN pruning as in the papers (6 of 12 layers): keep FFNs in the first half."""
     return tuple(range(max(1, num_layers // 2)))
+
+
+def _first_ffn(count: int):
+    """FFNs in the first `count` layers (all of them in a model with fewer layers)."""
+    return lambda num_layers: tuple(range(min(count, num_layers)))
 
 
 def _base_presets() -> Dict[str, dict]:
@@ -44,15 +61,15 @@ def _base_presets() -> Dict[str, dict]:
         "SM+LN+G": dict(activation="gelu"),
         "SM+LN+R": dict(activation="relu"),
         "SM+LN": dict(activation="identity"),
-        "SM+G": dict(_NO_LN, activation="gelu"),
-        "SM+R": dict(_NO_LN, activation="relu"),
+        "SM+G": dict(_NORM_FREE_BLOCKS, activation="gelu"),
+        "SM+R": dict(_NORM_FREE_BLOCKS, activation="relu"),
         "SM": dict(_SM),
-        "SM+LN+LReLU": dict(activation="leaky_relu"),
-        "SM+LReLU": dict(_NO_LN, activation="leaky_relu"),
+        "SM+LN+LReLU": dict(activation="leaky_relu", leaky_slope=_RELEASED_FIXED_SLOPE),
+        "SM+LReLU": dict(_NORM_FREE_BLOCKS, activation="leaky_relu", leaky_slope=_RELEASED_FIXED_SLOPE),
         "SM+LN+LReLU(learnable)": dict(activation="learnable_leaky_relu"),
-        "SM+LReLU(learnable)": dict(_NO_LN, activation="learnable_leaky_relu"),
+        "SM+LReLU(learnable)": dict(_NORM_FREE_BLOCKS, activation="learnable_leaky_relu"),
         "SM+LN+LReLU(learnable per layer)": dict(activation="learnable_leaky_relu", leaky_slope_scope="per_layer"),
-        "SM+LReLU(learnable per layer)": dict(_NO_LN, activation="learnable_leaky_relu",
+        "SM+LReLU(learnable per layer)": dict(_NORM_FREE_BLOCKS, activation="learnable_leaky_relu",
                                               leaky_slope_scope="per_layer"),
         "SM+ScFFN": dict(_SCFFN),
         "SM+ScFuFFN": dict(_SCFUFFN),
@@ -60,6 +77,9 @@ def _base_presets() -> Dict[str, dict]:
         "SM(t)+ScFuFFN": dict(_SCFUFFN, **_TEMPERATURE),
         "SM(t)+ScFuFFN[FFN:L/2]": dict(_SCFUFFN, ffn_layers=_first_half_ffn, **_TEMPERATURE),
     }
+    for count in PRUNED_FFN_COUNTS:
+        base[f"SM+ScFuFFN[FFN:{count}]"] = dict(_SCFUFFN, ffn_layers=_first_ffn(count))
+        base[f"SM(t)+ScFuFFN[FFN:{count}]"] = dict(_SCFUFFN, ffn_layers=_first_ffn(count), **_TEMPERATURE)
     for label, groups in _NORM_TABLE_GROUPS.items():
         base[f"SM+WNorm({label})"] = dict(_SM, weight_norm=groups)
         base[f"SM+SNorm({label})"] = dict(_SM, spectral_norm=groups)
@@ -90,7 +110,7 @@ def model_config(name: str, size: str = "gpt2-small", **overrides) -> ModelConfi
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; accepted: {', '.join(SIZES)}")
     check_fields(overrides)
-    fields = {**SIZES[size], **_PRESETS[name], **overrides}
+    fields = {**SIZES[size], **_RELEASED_BLOCKS, **_PRESETS[name], **overrides}
     resolved = {k: (v(fields["num_layers"]) if callable(v) else v) for k, v in fields.items()}
     return ModelConfig(**resolved)
 

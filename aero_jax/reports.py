@@ -25,6 +25,7 @@ from aero_jax.entropy import entropy_range_shares
 from aero_jax.errors import argparse_main
 from aero_jax.evaluate import load_run_config, restore_run
 from aero_jax.model import THRESHOLDS
+from aero_jax.model import temperatures as model_temperatures
 from aero_jax.pi.cost import pi_cost
 from aero_jax.run_config import architecture_label
 from aero_jax.run_log import METRICS_FILE, read_metrics
@@ -127,8 +128,8 @@ def write_figures(runs: List[Run], out: str) -> Dict[str, str]:
     if thresholds:
         written["thresholds"] = figures.heatmaps(thresholds, value_label="theta (fraction of log T)",
                                                  title="Learned entropy thresholds of each head")
-    temperatures = {k: np.exp(np.stack([r.params[f"block_{l}"]["attn"]["log_temperature"]
-                                        for l in range(r.model_config.num_layers)]))
+    temperatures = {k: np.stack([np.asarray(model_temperatures(r.params[f"block_{l}"]["attn"], r.model_config))
+                                 for l in range(r.model_config.num_layers)])
                     for k, r in by.items() if r.model_config.learnable_temperature}
     if temperatures:
         written["temperatures"] = figures.temperature_summary(temperatures, title="Learned attention temperatures")

@@ -14,7 +14,7 @@ import ml_collections
 
 from aero_jax import presets, sharding
 from aero_jax.config import NON_ARCHITECTURE_FIELDS, ConfigError, ModelConfig, field_names
-from aero_jax.optim import DECAY_SHAPES
+from aero_jax.optim import DECAY_GROUPINGS, DECAY_SHAPES
 
 RECOVERY_POLICIES = ("stop", "rollback")
 PACKINGS = ("chunk", "concat")
@@ -74,8 +74,9 @@ def model_config_from(section: Mapping) -> ModelConfig:
     if unknown:
         raise ConfigError(f"unknown config field(s) model.{', model.'.join(unknown)}; accepted: "
                           f"model.preset, model.{', model.'.join(field_names())}")
-    for name in ("weight_norm", "spectral_norm"):
-        fields[name] = tuple(fields.get(name, ()))
+    for name in ("weight_norm", "spectral_norm", "bias_groups"):
+        if name in fields:  # a config.json of an older run lacks the newer fields: their defaults apply
+            fields[name] = tuple(fields[name])
     return ModelConfig(**fields)
 
 
@@ -96,7 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         peak_lr=1e-3, weight_decay=0.1, warmup_fraction=0.05, decay="linear", end_lr_fraction=0.0,
         power=2.0,  # for decay=polynomial
-        clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8, decay_embeddings=True,
+        clip_norm=1.0,  # 0: no clipping
+        b1=0.9, b2=0.999, eps=1e-8, decay_embeddings=True,
+        decay_grouping="aero",  # aero (no decay on gains, thresholds, temperatures, slopes) | released
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, batch_size=32, grad_accum_steps=1,
@@ -163,10 +166,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice("optim.decay", o.decay, DECAY_SHAPES)
     _number("optim.end_lr_fraction", o.end_lr_fraction, low=0, high=1, high_open=False)
     _number("optim.power", o.power, low=0, low_open=True)
-    _number("optim.clip_norm", o.clip_norm, low=0, low_open=True)
+    _number("optim.clip_norm", o.clip_norm, low=0)
     _number("optim.b1", o.b1, low=0, high=1)
     _number("optim.b2", o.b2, low=0, high=1)
     _number("optim.eps", o.eps, low=0, low_open=True)
+    _choice("optim.decay_grouping", o.decay_grouping, DECAY_GROUPINGS)
     r = config.recovery
     _choice("recovery.policy", r.policy, RECOVERY_POLICIES)
     _integer("recovery.max_recoveries", r.max_recoveries, minimum=0)

@@ -41,6 +41,8 @@ _PARAMETER_AXES = {
     ("query", "*"): ("heads",), ("key", "*"): ("heads",), ("value", "*"): ("heads",),
     ("out", "*"): ("embed",), ("fc_in", "*"): ("mlp",), ("fc_out", "*"): ("embed",), ("fused", "*"): ("mlp",),
     ("attn", "log_temperature"): ("heads", "positions"),
+    ("attn", "temperature"): ("heads", "positions"),
+    ("qk", "kernel"): ("embed", "heads"), ("qk", "*"): ("heads",),
     ("*", "entropy_thresholds"): ("layers", "layers"),
     ("*", "entropy_strength_logits"): ("layers", "layers"),
 }

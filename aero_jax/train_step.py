@@ -36,8 +36,8 @@ def create_train_state(model: AeroLM, optimizer: optax.GradientTransformation, r
                       opt_state=optimizer.init(params), lr_scale=jnp.ones((), jnp.float32))
 
 
-def _grads(params, model_state, tokens_BxT, model, penalty_scale: float = 1.0):
-    loss = functools.partial(lm_loss, model=model, train=True, penalty_scale=penalty_scale)
+def _grads(params, model_state, tokens_BxT, model):
+    loss = functools.partial(lm_loss, model=model, train=True)
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     (_, (metrics, model_state)), grads = grad_fn(params, model_state, tokens_BxT)
     return grads, metrics, model_state
@@ -50,12 +50,9 @@ def _accumulated_grads(params, model_state, tokens_BxT, model, accum_steps: int)
     # Strided microbatches (rows a, a + A, a + 2A, ...) keep each one spread over the batch shards.
     micro_AxMxT = tokens_BxT.reshape(-1, accum_steps, tokens_BxT.shape[-1]).swapaxes(0, 1)
 
-    # The released-code penalty sums over rows: a microbatch's sum stands for A times as many.
-    scale = accum_steps if model.config.ereg_reduction == "per_position_sum" else 1.0
-
     def one(carry, tokens_MxT):
         grad_sum, metric_sum, state = carry
-        grads, metrics, state = _grads(params, state, tokens_MxT, model, scale)
+        grads, metrics, state = _grads(params, state, tokens_MxT, model)
         add = functools.partial(jax.tree_util.tree_map, jnp.add)
         return (add(grad_sum, grads), add(metric_sum, metrics), state), None
 

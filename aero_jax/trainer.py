@@ -117,7 +117,7 @@ def build(config: ml_collections.ConfigDict):
     schedule = learning_rate_schedule(o.peak_lr, config.train.num_steps, warmup_fraction=o.warmup_fraction,
                                       decay=o.decay, end_fraction=o.end_lr_fraction, power=o.power)
     optimizer = adamw(schedule, weight_decay=o.weight_decay, clip_norm=o.clip_norm, b1=o.b1, b2=o.b2, eps=o.eps,
-                      decay_embeddings=o.decay_embeddings)
+                      decay_embeddings=o.decay_embeddings, decay_grouping=o.decay_grouping)
     return AeroLM(model_config_from(config.model)), schedule, optimizer
 
 

@@ -6,15 +6,25 @@
 The variant is a preset's slug (`python -c "from aero_jax import presets; print([presets.slug(n) for n in
 presets.names()])"`), optionally followed by `,t=256`. Data: a TFDS dataset named `codeparrot` with a
 `text` feature in data.data_dir (prepare it once with your own TFDS builder over the CodeParrot files),
-and the GPT-2 BPE `tokenizer.json` at data.tokenizer_path. Published eval perplexity at T=128:
+and a BPE `tokenizer.json` at data.tokenizer_path. Published eval perplexity at T=128:
 SM+LN+G 2.69, SM+ScFuFFN 3.48, EReg(SM(t)+ScFuFFN) 3.21.
+
+The recipe is the released one (Nandan91/relu-revival-normfree, config/train/train.yaml and
+run_clm.py): 128 sequences per microbatch, gradient accumulation 4, so 512 sequences per update
+and about 32K updates for the 2.1B-token epoch; AdamW at 1e-3 (betas 0.9, 0.999, eps 1e-8),
+weight decay 0.1, 5% warmup, then Hugging Face's `polynomial` schedule (power 1, down to 1e-7),
+gradient clipping at 1.0; the penalty's lambda multiplies a sum over 128 rows (model.ereg_rows).
 """
 
 from aero_jax import presets
 from aero_jax.run_config import base_config, model_section
 
 TRAIN_TOKENS = 2_100_000_000  # one epoch of CodeParrot at T=128, as in the papers
-BATCH = 128
+MICROBATCH = 128  # train.yaml: device_train_batch_size
+ACCUMULATION = 4  # train.yaml: gradient_accumulation_steps
+BATCH = MICROBATCH * ACCUMULATION
+PEAK_LR = 1e-3
+END_LR = 1e-7  # transformers' polynomial schedule: lr_end default
 
 
 def get_config(variant: str = "ereg_sm_t_scfuffn"):
@@ -24,10 +34,13 @@ def get_config(variant: str = "ereg_sm_t_scfuffn"):
         raise ValueError(f"context {context!r} is invalid; accepted: t=128, t=256")
     c = base_config()
     c.model = model_section(presets.resolve(name), size="gpt2-small", max_len=seq_len, vocab_size=50257,
-                            ereg_weight=1e-5, dtype="bfloat16")
+                            ereg_weight=1e-5, ereg_rows=MICROBATCH, dtype="bfloat16")
     # The TFDS data lives in a bucket; the tokenized cache stays on each host's local disk.
     c.data.update(dataset="codeparrot", data_dir="gs://YOUR_BUCKET/tensorflow_datasets", tokenizer="bpe",
-                  tokenizer_path="gpt2/tokenizer.json", packing="chunk")
-    c.train.update(num_steps=TRAIN_TOKENS // (BATCH * seq_len), batch_size=BATCH, log_every=100,
-                   eval_every=2000, eval_batch_size=BATCH, eval_batches=100, checkpoint_every=2000)
+                  tokenizer_path="codeparrot/tokenizer.json", packing="chunk")
+    c.optim.update(peak_lr=PEAK_LR, weight_decay=0.1, warmup_fraction=0.05, decay="linear",
+                   end_lr_fraction=END_LR / PEAK_LR, clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8)
+    c.train.update(num_steps=TRAIN_TOKENS // (BATCH * seq_len), batch_size=BATCH, grad_accum_steps=ACCUMULATION,
+                   log_every=100, eval_every=500, eval_batch_size=MICROBATCH, eval_batches=0,
+                   checkpoint_every=2000)
     return c

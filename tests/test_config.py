@@ -1,10 +1,13 @@
 """Every invalid configuration fails at construction with one line naming field and accepted values."""
 
+import pathlib
+
 import jax.numpy as jnp
 import pytest
 
 from aero_jax import entropy, presets
 from aero_jax.config import ConfigError, ModelConfig
+from aero_jax.run_config import validate
 
 
 def _one_line_error(excinfo, *needles):
@@ -75,3 +78,31 @@ def test_presets_keep_size_and_architecture_apart():
     assert tiny.ffn_layers == (0, 1) and small.ffn_layers == tuple(range(6))
     assert (small.num_layers, small.num_heads, small.d_model) == (12, 12, 768)
     assert presets.model_config("EReg(SM)").entropy_reg and not presets.model_config("SM").entropy_reg
+
+
+def _paper_config(spec):
+    from aero_jax.cli import load_config_file
+
+    return load_config_file(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / spec))
+
+
+def test_codeparrot_config_is_the_released_recipe():
+    c = _paper_config("gpt2_codeparrot.py:ereg_sm_t_scfuffn")
+    validate(c)
+    assert (c.train.batch_size, c.train.grad_accum_steps, c.model.ereg_rows) == (512, 4, 128)
+    assert c.train.num_steps == 2_100_000_000 // (512 * 128) == 32043
+    assert (c.optim.peak_lr, c.optim.warmup_fraction, c.optim.weight_decay, c.optim.clip_norm) == (1e-3, 0.05, 0.1, 1.0)
+    assert c.optim.peak_lr * c.optim.end_lr_fraction == pytest.approx(1e-7)
+    assert c.model.ereg_weight == 1e-5 and c.model.temperature_init == 1e-2
+
+
+@pytest.mark.parametrize("tokens, batch, accumulation, steps", [("1.2B", 128, 4, 18265), ("2.4B", 128, 4, 36529),
+                                                               ("4.8B", 256, 8, 36529)])
+def test_languini_config_follows_languinis_gpt_small_recipe(tokens, batch, accumulation, steps):
+    c = _paper_config(f"gpt2_languini.py:ereg_sm_t_scfuffn,tokens={tokens}")
+    validate(c)
+    assert (c.train.batch_size, c.train.grad_accum_steps, c.train.num_steps) == (batch, accumulation, steps)
+    assert c.train.num_steps * batch * 512 == pytest.approx(float(tokens[:-1]) * 1e9, rel=0.01)
+    assert (c.optim.peak_lr, c.optim.b2, c.optim.weight_decay, c.optim.clip_norm, c.optim.decay) == (
+        6e-4, 0.95, 0.0, 0.0, "cosine")
+    assert c.model.ereg_weight == 5e-5 and c.model.temperature_init == 0.1 and c.model.vocab_size == 16384

@@ -10,8 +10,8 @@ import pytest
 from aero_jax import presets
 from aero_jax.config import ModelConfig
 from aero_jax.layers import Linear
-from aero_jax.model import (THRESHOLDS, AeroLM, Block, FeedForward, count_params, init_variables,
-                            logits_and_entropy, split_variables)
+from aero_jax.model import (TEMPERATURE_FLOOR, THRESHOLDS, AeroLM, Block, FeedForward, count_params, init_variables,
+                            logits_and_entropy, split_variables, temperatures)
 from aero_jax.objective import lm_loss
 
 TINY = dict(size="tiny", num_layers=2, max_len=16)
@@ -49,9 +49,61 @@ def test_one_training_pass_is_finite(name):
 
 
 def test_gpt2_small_parameter_count():
-    config = presets.model_config("SM+LN+G", vocab_size=50257, max_len=1024)
-    shapes = jax.eval_shape(lambda: init_variables(AeroLM(config), jax.random.key(0)))
-    assert count_params(shapes["params"]) == 124_439_808
+    """Hugging Face GPT-2's 124,439,808 with every bias; the released blocks train only the QK biases."""
+    gpt2 = presets.model_config("SM+LN+G", vocab_size=50257, max_len=1024, bias_groups=("qk", "v", "o", "ffn"))
+    released = presets.model_config("SM+LN+G", vocab_size=50257, max_len=1024)
+    count = {c: count_params(jax.eval_shape(lambda: init_variables(AeroLM(c), jax.random.key(0)))["params"])
+             for c in (gpt2, released)}
+    assert count[gpt2] == 124_439_808
+    assert count[gpt2] - count[released] == 12 * (768 + 768 + 3072 + 768)  # V, O, FFN in and out biases
+
+
+def test_released_blocks_initialise_without_residual_scaling():
+    for scaling, expected_std in ((False, 0.02), (True, 0.02 / np.sqrt(2 * 12))):
+        config = presets.model_config("SM+LN+G", num_layers=12, num_heads=4, d_model=64, d_ff=256, vocab_size=50,
+                                      max_len=8, residual_init_scaling=scaling)
+        kernel = init_variables(AeroLM(config), jax.random.key(0))["params"]["block_0"]["attn"]["out"]["kernel"]
+        assert abs(float(np.std(kernel)) - expected_std) < 0.1 * expected_std
+
+
+def test_fused_qk_equals_separate_q_and_k():
+    separate = presets.model_config("SM+LN+G", **TINY)
+    fused = separate.replace(qk_fused=True)
+    variables = init_variables(AeroLM(separate), jax.random.key(0))
+    params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+    attn = params["block_0"]["attn"]
+    query, key = attn.pop("query"), attn.pop("key")
+    attn["qk"] = {name: jnp.concatenate([query[name], key[name]], axis=-1) for name in query}
+    for block in range(1, separate.num_layers):
+        a = params[f"block_{block}"]["attn"]
+        q, k = a.pop("query"), a.pop("key")
+        a["qk"] = {name: jnp.concatenate([q[name], k[name]], axis=-1) for name in q}
+    tokens = _tokens(separate)
+    np.testing.assert_allclose(AeroLM(fused).apply({"params": params}, tokens),
+                               AeroLM(separate).apply(variables, tokens), atol=1e-5)
+
+
+def test_joint_spectral_norm_divides_by_the_sigma_of_q_and_k_together():
+    config = presets.model_config("SM+SNorm(QK)", **TINY, qk_fused=True)
+    variables = init_variables(AeroLM(config), jax.random.key(0))
+    assert variables["params"]["block_0"]["attn"]["qk"]["kernel"].shape == (config.d_model, 2 * config.d_model)
+    assert variables["spectral"]["block_0"]["attn"]["qk"]["u"].shape == (2 * config.d_model,)
+
+
+@pytest.mark.parametrize("form, approximate", [("exact", False), ("tanh", True)])
+def test_gelu_form(form, approximate):
+    config = presets.model_config("SM+LN+G", **TINY, gelu_form=form)
+    ffn = FeedForward(config)
+    h = jnp.linspace(-3, 3, 7)
+    np.testing.assert_allclose(ffn._activate(h, None), jax.nn.gelu(h, approximate=approximate), atol=1e-7)
+
+
+def test_raw_temperature_is_learned_directly_and_kept_positive():
+    config = presets.model_config("SM(t)+ScFuFFN", **TINY, temperature_param="raw")
+    params = init_variables(AeroLM(config), jax.random.key(0))["params"]
+    raw = params["block_0"]["attn"]["temperature"]
+    np.testing.assert_allclose(raw, 1e-2)
+    np.testing.assert_allclose(temperatures({"temperature": -raw}, config), TEMPERATURE_FLOOR)
 
 
 def test_logits_and_entropy_shapes_and_sow_switch():

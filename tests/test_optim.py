@@ -31,6 +31,18 @@ def test_only_matrices_and_embeddings_decay():
     assert not no_embeddings["wte/embedding"] and not no_embeddings["wpe"]
 
 
+def test_released_grouping_decays_all_but_biases_and_gains():
+    config = presets.model_config("EReg(SM(t)+ScFuFFN)", size="tiny", weight_norm=("qk",), ln_final=True,
+                                  activation="learnable_leaky_relu", ffn_fused=False, bias_groups=("qk", "ffn"))
+    params = init_variables(AeroLM(config), jax.random.key(0))["params"]
+    paths = _decaying_paths(params, grouping="released")
+    kept = {p for p, d in paths.items() if not d}
+    assert kept == {p for p in paths if p.endswith("/bias") or p.endswith("/scale")}
+    for decayed in ("entropy_thresholds", "leaky_slope", "block_0/ffn_alpha", "block_0/attn/log_temperature"):
+        assert paths[decayed], decayed
+    assert "ln_final/scale" in kept and "block_0/attn/query/scale" in kept
+
+
 def test_layer_norm_gains_do_not_decay():
     params = init_variables(AeroLM(presets.model_config("SM+LN+G", size="tiny")), jax.random.key(0))["params"]
     paths = _decaying_paths(params)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aero_jax import entropy, presets
-from aero_jax.model import THRESHOLDS, AeroLM, init_variables, split_variables
+from aero_jax.model import THRESHOLDS, AeroLM, init_variables, logits_and_entropy, split_variables
 from aero_jax.objective import lm_loss
 
 
@@ -122,3 +122,78 @@ def test_gradient_accumulation_keeps_the_penalty_strength():
     np.testing.assert_allclose(float(acc["loss"]), float(full["loss"]), rtol=1e-5)
     for a, f in zip(jax.tree_util.tree_leaves(acc_grads), jax.tree_util.tree_leaves(full_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(f), rtol=1e-3, atol=1e-6)
+
+
+# -- the penalty's strength does not depend on how the batch is laid out --------------------------
+
+def _ereg_setup(batch=8):
+    config = presets.model_config("EReg(SM(t)+ScFuFFN)", size="tiny", num_layers=2, max_len=16, ereg_weight=0.1,
+                                  ereg_gamma=0.0)
+    model = AeroLM(config)
+    params, state = split_variables(init_variables(model, jax.random.key(0)))
+    tokens = jax.random.randint(jax.random.key(1), (batch, 16), 0, config.vocab_size)
+    return model, params, state, tokens
+
+
+def test_ereg_rows_sets_the_strength_whatever_the_accumulation():
+    from aero_jax.train_step import _accumulated_grads
+
+    model, params, state, tokens = _ereg_setup()
+    results = {a: jax.jit(lambda p, s, t, a=a: _accumulated_grads(p, s, t, model, a))(params, state, tokens)
+               for a in (1, 2, 4)}
+    for a in (2, 4):
+        np.testing.assert_allclose(results[a][1]["loss"], results[1][1]["loss"], rtol=1e-5)
+        np.testing.assert_allclose(results[a][1]["penalty"], results[1][1]["penalty"], rtol=1e-5)
+        for g, g1 in zip(jax.tree_util.tree_leaves(results[a][0]), jax.tree_util.tree_leaves(results[1][0])):
+            np.testing.assert_allclose(g, g1, rtol=1e-4, atol=1e-6)  # entries near 0 carry float noise
+
+
+def test_ereg_rows_makes_the_penalty_a_per_row_mean_times_the_rows():
+    model, params, state, tokens = _ereg_setup()
+    doubled = jnp.concatenate([tokens, tokens])  # a batch twice as large, same rows: same strength
+    (loss, (metrics, _)) = lm_loss(params, state, tokens, model=model)
+    (loss2, (metrics2, _)) = lm_loss(params, state, doubled, model=model)
+    np.testing.assert_allclose([loss2, metrics2["penalty"]], [loss, metrics["penalty"]], rtol=1e-5)
+    _, entropies, _ = logits_and_entropy(model, {"params": params, **state}, tokens)
+    raw_sum = entropy.penalty(entropies, params[THRESHOLDS], gamma=0.0, seq_len=16)
+    np.testing.assert_allclose(metrics["penalty"], raw_sum * model.config.ereg_rows / tokens.shape[0], rtol=1e-5)
+
+
+_EIGHT_DEVICES = """
+import json, jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import test_penalty
+from aero_jax.train_step import _accumulated_grads
+model, params, state, tokens = test_penalty._ereg_setup(batch=16)
+step = lambda p, s, t: _accumulated_grads(p, s, t, model, 2)
+one = jax.jit(step)(params, state, tokens)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+sharded = jax.jit(step, in_shardings=(None, None, NamedSharding(mesh, PartitionSpec("data"))))(params, state, tokens)
+def largest_difference(part):
+    pairs = [(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree_util.tree_leaves(one[part]), jax.tree_util.tree_leaves(sharded[part]))]
+    scale = max(float(np.max(np.abs(a))) for a, _ in pairs)  # e.g. the key bias's gradient is 0 up to noise
+    return max(float(np.max(np.abs(a - b))) for a, b in pairs) / scale
+print("RESULT", json.dumps({"devices": len(jax.devices()), "gradients": largest_difference(0),
+                            "loss": [float(one[1]["loss"]), float(sharded[1]["loss"])],
+                            "penalty": [float(one[1]["penalty"]), float(sharded[1]["penalty"])]}))
+"""
+
+
+@pytest.mark.slow
+def test_ereg_strength_is_the_same_on_eight_devices():
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(pathlib.Path(__file__).parent)}
+    result = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.split("RESULT ")[-1])
+    assert report["devices"] == 8 and report["gradients"] < 1e-4
+    np.testing.assert_allclose(*report["loss"], rtol=1e-6)
+    np.testing.assert_allclose(*report["penalty"], rtol=1e-5)

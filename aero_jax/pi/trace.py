@@ -2,7 +2,7 @@
 
 Only operations on values that depend on the input tokens count: parameter-only work (weight
 norms, temperatures exp(log_t)) is done once before serving. Primitives: `exp` (softmax),
-`rsqrt` (LayerNorm, one per row), `tanh` or `erf` (GELU), `max` against 0 (ReLU), `select_n` on
+`rsqrt` (LayerNorm, one per row), `tanh`, `erf` or `erfc` (GELU), `max` against 0 (ReLU), `select_n` on
 a data-dependent predicate (leaky ReLU).
 """
 
@@ -18,7 +18,7 @@ from jax.extend import core as jex_core
 
 from aero_jax.model import AeroLM
 
-PRIMITIVE_OPS = {"exp": "SM", "rsqrt": "LN", "tanh": "G", "erf": "G", "max": "R", "select_n": "LR"}
+PRIMITIVE_OPS = {"exp": "SM", "rsqrt": "LN", "tanh": "G", "erf": "G", "erfc": "G", "max": "R", "select_n": "LR"}
 
 
 def _against_zero(eqn) -> bool:
