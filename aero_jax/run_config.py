@@ -44,10 +44,11 @@ def with_preset(section: Mapping, preset: str, *, file_section: Mapping,
 
 def preset_deviations(section: Mapping) -> dict:
     """{field: value} of every non-size field where a model section differs from its preset."""
-    preset_fields = model_section(presets.resolve(section["preset"]), size="tiny",
-                                  **{f: section[f] for f in SIZE_FIELDS})
-    return {f: section[f] for f in field_names()
-            if f not in SIZE_FIELDS and _comparable(section[f]) != _comparable(preset_fields[f])}
+    current = dataclasses.asdict(model_config_from(section))  # fields an older config.json lacks: defaults
+    preset_fields = dataclasses.asdict(presets.model_config(presets.resolve(section["preset"]), size="tiny",
+                                                            **{f: current[f] for f in SIZE_FIELDS}))
+    return {f: current[f] for f in field_names()
+            if f not in SIZE_FIELDS and _comparable(current[f]) != _comparable(preset_fields[f])}
 
 
 def architecture_label(section: Mapping) -> str:

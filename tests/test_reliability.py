@@ -28,7 +28,7 @@ from aero_jax.checkpoint import Checkpointer, CorruptCheckpoint, _reason, finger
 from aero_jax.config import ConfigError
 from aero_jax.data import cache
 from aero_jax.data.stdlib import prepare_stdlib
-from aero_jax.run_config import base_config, validate
+from aero_jax.run_config import architecture_label, base_config, model_section, validate
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Trainer
 from conftest import small_config
@@ -107,6 +107,14 @@ def test_preset_override_with_field_overrides_on_top(corpus, tmp_path):
     model = json.loads((run / "config.json").read_text())["model"]
     assert model["preset"] == "SM+LN+G" and model["activation"] == "relu" and model["ln_attn"]
     assert json.loads((run / "summary.json").read_text())["architecture"] == "SM+LN+G [activation='relu']"
+
+
+def test_labels_name_every_departure_from_the_preset():
+    assert architecture_label(model_section("SM+LN+G", size="tiny")) == "SM+LN+G"
+    assert architecture_label(model_section("SM+LN+G", size="tiny", ereg_weight=0.5)) == "SM+LN+G"  # not architecture
+    older = dict(model_section("SM+LN+G", size="tiny"))
+    del older["bias_groups"], older["gelu_form"]  # a config.json written before these fields: GPT-2's defaults
+    assert architecture_label(older) == "SM+LN+G [bias_groups=('qk', 'v', 'o', 'ffn'), gelu_form='tanh']"
 
 
 def test_unknown_preset_lists_the_known_ones(tmp_path):

@@ -8,9 +8,9 @@ A structural model of a 2PC engine over a WAN, fitted to the papers' SecretFlow 
   layers' weight elements (sum d_in d_out) and input/output elements (sum T (d_in + d_out)), as in
   HE-based matrix products; and the embedding/LM-head FLOPs (2 T d V);
 - latency (minutes) = the same terms, each with its own time per unit (bandwidth and local
-  compute), plus round trips of the published 80 ms WAN: a fixed number per activation layer
-  (ReLU, GELU) and per matrix product (projections, the two T x T products of each layer, FFN
-  matrices, LM head).
+  compute), plus round trips of the published 80 ms WAN: a fixed number per LayerNorm, per
+  activation layer (ReLU, GELU) and per matrix product (projections, the two T x T products of
+  each layer, FFN matrices, LM head).
 
 Every term grows with the depth and the context length the way the workload does, so the model
 extrapolates to other sizes; docs/pi_cost.md gives its fit and leave-one-out errors per row.
@@ -33,7 +33,9 @@ CALIBRATION_FILE = pathlib.Path(__file__).with_name("calibration.json")
 ROUND_TRIP_MIN = 0.080 / 60  # the papers' WAN: 100 Mbps, 80 ms
 COMM_FEATURES = ("softmax_elements", "layernorm_elements", "relu_elements", "gelu_elements", "weight_elements",
                  "io_elements", "head_flops")
-LATENCY_FEATURES = COMM_FEATURES + ("activation_round_trips", "matmul_round_trips")
+# No round-trip term per softmax layer: it moves with the per-layer matrix products, and with it
+# the held-out latency error grew from 9.9% to 12.6% (docs/pi_cost.md).
+LATENCY_FEATURES = COMM_FEATURES + ("layernorm_round_trips", "activation_round_trips", "matmul_round_trips")
 TARGET_FEATURES = {"comm_gb": COMM_FEATURES, "latency_min": LATENCY_FEATURES}
 BASELINE = "SM+LN+G"
 
@@ -71,6 +73,7 @@ class Workload:
             "weight_elements": self.linear.weight_elements,
             "io_elements": self.linear.io_elements,
             "head_flops": self.head_flops,
+            "layernorm_round_trips": ROUND_TRIP_MIN * self.nonlinear_ops.get("LN", (0, 0, 0))[0],
             "activation_round_trips": ROUND_TRIP_MIN * activation_layers,
             "matmul_round_trips": ROUND_TRIP_MIN * self.linear.matmuls,
         }
