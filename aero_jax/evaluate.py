@@ -38,7 +38,8 @@ def restore_run(workdir: str) -> RestoredRun:
     config = load_run_config(workdir)
     model, _, optimizer = build(config)
     directory = str(epath.Path(workdir) / "checkpoints")
-    restored = Checkpointer(directory, read_only=True).restore_latest(create_train_state(model, optimizer, jax.random.key(0)))
+    like = create_train_state(model, optimizer, jax.random.key(0))
+    restored = Checkpointer(directory, read_only=True).restore_latest(like)
     if restored is None:
         raise ConfigError(f"workdir {workdir} has no readable checkpoint in {directory}; accepted: a run "
                           f"directory with at least one saved step")

@@ -41,8 +41,8 @@ _NORM_TABLE_GROUPS = {
 }
 
 
-# Deep-FFN pruning of the published rows: FFNs kept in the first k layers (14 of 18 in Table 8
-# of arXiv 2501.03489, 11 in the Languini rows, 8 in the SOTA row), beside the first half (6 of 12).
+# Deep-FFN pruning of the published rows: FFNs kept in the first k layers (14 of 18 in the L=18
+# table of arXiv 2410.13060v1, 11 in its Languini rows, 8 in its SOTA row), beside the first half.
 PRUNED_FFN_COUNTS = (8, 11, 14)
 
 

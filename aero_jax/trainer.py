@@ -211,7 +211,7 @@ class Trainer:
         self.state, _ = self.checkpoints.restore(last_good, self.state)
         self.data_offset += step + 1 - last_good
         self.recoveries += 1
-        self.state = self.state.replace(lr_scale=jnp.asarray(lr_scale, jnp.float32))
+        self.state = self.state.replace(lr_scale=jax.device_put(np.float32(lr_scale), self.state_shardings.lr_scale))
         console(f"non-finite loss at step {step}: rolled back to step {last_good}, skipping {step + 1 - last_good} "
                 f"batches, learning-rate scale {float(self.state.lr_scale):.3g} (recovery {self.recoveries}"
                 f"/{r.max_recoveries})")
