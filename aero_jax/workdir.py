@@ -49,7 +49,7 @@ def make_workdir(workdir: str) -> epath.Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"--workdir={workdir} cannot be created ({error.strerror}: {error.filename}); accepted: "
-                          f"a path whose parents are directories") from error
+                          f"a path whose parents are directories this user can write") from error
     if not is_remote(workdir) and not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"--workdir={workdir} is not writable; accepted: a directory this user can write")
     return path

@@ -28,6 +28,7 @@ from aero_jax.checkpoint import Checkpointer, CorruptCheckpoint, _reason, finger
 from aero_jax.config import ConfigError
 from aero_jax.data import cache
 from aero_jax.data.stdlib import prepare_stdlib
+from aero_jax.errors import classify
 from aero_jax.run_config import architecture_label, base_config, model_section, validate
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Trainer
@@ -248,6 +249,16 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path, monkeypatch)
     with pytest.raises(OSError):
         workdir_module.write_text_atomically(epath.Path(tmp_path) / "config.json", "{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failures_are_classified_by_kind():
+    assert classify(ConfigError("x=1 is invalid")) == (2, "x=1 is invalid")
+    assert classify(OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl")) == (
+        1, "no space left on device while writing /w/metrics.jsonl")
+    orbax_text = 'RESOURCE_EXHAUSTED: Error writing "p" in OCDBT database at local file "/w/c/8.tmp/": No space left on device'
+    assert classify(ValueError(orbax_text)) == (1, "no space left on device while writing /w/c/8.tmp/")
+    assert classify(PermissionError(errno.EACCES, "Permission denied", "/w/x"))[0] == 2
+    assert classify(KeyError("boom")) == (1, "KeyError: boom")
 
 
 @pytest.mark.parametrize("args, status, expected", [
