@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
 
-.PHONY: train test test-slow bench clean
+.PHONY: train test test-slow bench results clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(BIN)/.installed
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m slow tests
+
+# The reproduction study (studies/paper_claims.py): its runs, resumed where they stopped, then docs/results.md.
+results: $(BIN)/.installed
+	$(BIN)/aero-study --spec studies/paper_claims.py --out docs/results
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/step_throughput.py

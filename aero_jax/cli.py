@@ -110,13 +110,13 @@ def resolved_config(flag):
     return config
 
 
-def load_config_file(spec: str):
-    """`get_config(variant)` of a config file named as --config names it ('path.py[:variant]')."""
+def load_config_file(spec: str, *, function: str = "get_config"):
+    """`get_config(variant)` (or `function`) of a file named as --config names it ('path.py[:variant]')."""
     path, *variant = spec.split(":", 1)
     module_spec = importlib.util.spec_from_file_location("aero_jax_config_file", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(*variant)
+    return getattr(module, function)(*variant)
 
 
 def _report(summary: dict) -> None:

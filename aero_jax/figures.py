@@ -85,6 +85,22 @@ def temperature_summary(temperatures: Dict[str, np.ndarray], *, title: str):
     return fig
 
 
+def trade_off(points: List[Tuple[str, float, float]], front: List[str], *, x_label: str):
+    """Perplexity against a cost, one labelled point per run, the Pareto front joined by a line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, x, y in points:
+        on_front = name in front
+        ax.scatter([x], [y], color="C3" if on_front else "C0", zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    frontier = sorted((x, y) for name, x, y in points if name in front)
+    if len(frontier) > 1:
+        ax.plot(*zip(*frontier), color="C3", linestyle="--", label="Pareto front")
+        ax.legend()
+    ax.set(xlabel=x_label, ylabel="validation perplexity", title="Perplexity against private-inference cost")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)

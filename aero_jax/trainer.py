@@ -38,6 +38,10 @@ CONFIG_FILE = "config.json"
 class Divergence(RunFailed):
     """The loss became non-finite and the recovery policy could not (or was told not to) recover."""
 
+    def __init__(self, message: str, *, step: int):
+        super().__init__(message)
+        self.step = step
+
 
 class _StopSignal:
     """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop checks between steps.
@@ -206,7 +210,7 @@ class Trainer:
                       else "a lower --config.optim.peak_lr or more --config.recovery.max_recoveries")
             raise Divergence(f"non-finite loss at step {step} ({where}; the batch's indices are in {bad_path}); "
                              f"recovery.policy={r.policy!r}, recoveries used {self.recoveries}/{r.max_recoveries}; "
-                             f"to go on, rerun with {advice}")
+                             f"to go on, rerun with {advice}", step=step)
         lr_scale = float(self.state.lr_scale) * r.lr_factor
         self.state, _ = self.checkpoints.restore(last_good, self.state)
         self.data_offset += step + 1 - last_good

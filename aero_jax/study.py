@@ -1,0 +1,368 @@
+"""aero-study: a declarative list of runs, trained one after another, reported on one page.
+
+    aero-study --spec studies/paper_claims.py[:variant] --out docs/results [--workdirs DIR] [--dry-run]
+
+A spec file's `get_study(variant)` returns a `Study`: a config file, the size every run shares,
+the runs (preset, seeds, steps, config overrides) and the perplexity-order claims to test. Each
+run is an ordinary workdir (`DIR/<run slug>-seed<k>`, default DIR `workdirs/<study>`), so rerunning
+the command resumes the run that was interrupted and skips the finished ones. Then `aero-report`
+over all runs writes its table and figures to OUT/report, and the page OUT.md is written from
+the runs' own files: no number on it is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from etils import epath
+
+from aero_jax import presets
+from aero_jax.config import ConfigError
+from aero_jax.errors import argparse_main
+from aero_jax.run_config import SIZE_FIELDS, model_section, validate
+from aero_jax.workdir import make_output_folder, write_text_atomically
+
+STUDY_FILE = "study.json"  # in OUT: which study the folder holds
+SUMMARY_FILE = "summary.json"
+DIVERGED_FILE = "diverged.json"  # in a run's workdir: the run ended non-finite; not retrained
+PAPER_SIZE = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One architecture, trained once per seed; `overrides` are dotted config paths ("model.ereg_gamma")."""
+
+    name: str
+    preset: str
+    seeds: Tuple[int, ...] = (0,)
+    steps: int = 0  # 0: the config file's train.num_steps
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderClaim:
+    """A published perplexity order: `order` lists run names from the lowest perplexity to the highest."""
+
+    title: str
+    order: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GapClaim:
+    """A published "costs little perplexity": each variant within `max_increase` (relative) of the reference."""
+
+    title: str
+    reference: str
+    variants: Tuple[str, ...]
+    max_increase: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    config: str  # a config file as --config names it, e.g. "configs/default.py"
+    size: Mapping[str, int]  # every SIZE_FIELDS value, shared by all runs
+    runs: Tuple[RunSpec, ...]
+    claims: Tuple[Union[OrderClaim, GapClaim], ...] = ()
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # train.* for every run
+    differences: str = ""  # what differs from the papers and why, for the page
+
+
+# -- the spec -------------------------------------------------------------------------------------
+
+def load_study(spec: str) -> Study:
+    """The Study of a spec file ('path.py[:variant]'), checked: known presets, distinct names, full size."""
+    from aero_jax.cli import load_config_file  # the same loader as --config
+
+    try:
+        study = load_config_file(spec, function="get_study")
+    except FileNotFoundError as error:
+        raise ConfigError(f"--spec={spec} cannot be loaded ({error.strerror}); accepted: a study file such as "
+                          f"studies/paper_claims.py[:variant]") from error
+    check_study(study)
+    return study
+
+
+def check_study(study: Study) -> None:
+    names = [run.name for run in study.runs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"study {study.name} names runs {', '.join(repeated)} more than once; accepted: distinct "
+                          f"run names")
+    for run in study.runs:
+        presets.resolve(run.preset)
+        if not run.seeds or run.steps < 0:
+            raise ConfigError(f"run {run.name}: seeds={run.seeds}, steps={run.steps} are invalid; accepted: at "
+                              f"least one seed, steps >= 0")
+    missing = [f for f in SIZE_FIELDS if f not in study.size]
+    if missing:
+        raise ConfigError(f"study {study.name} size lacks {', '.join(missing)}; accepted: every one of "
+                          f"{', '.join(SIZE_FIELDS)}")
+    for claim in study.claims:
+        named = claim.order if isinstance(claim, OrderClaim) else (claim.reference, *claim.variants)
+        unknown = [n for n in named if n not in names]
+        if unknown:
+            raise ConfigError(f"claim {claim.title!r} names runs {', '.join(unknown)}; accepted: {', '.join(names)}")
+
+
+def run_config(study: Study, run: RunSpec, seed: int):
+    """The run config of one run and seed: the study's config file, size and train section, then the overrides."""
+    from aero_jax.cli import load_config_file
+
+    config = load_config_file(study.config)
+    config.model = model_section(presets.resolve(run.preset), size="tiny", **study.size)
+    config.seed = seed
+    config.train.update(dict(study.train))
+    if run.steps:
+        config.train.num_steps = run.steps
+    for path, value in run.overrides.items():
+        section, _, field = path.partition(".")
+        if section not in config or field not in config[section]:
+            raise ConfigError(f"run {run.name}: override {path} names no config field; accepted: SECTION.FIELD of "
+                              f"{study.config}")
+        config[section][field] = value
+    validate(config)
+    return config
+
+
+def workdir_of(root: str, run: RunSpec, seed: int) -> str:
+    """The run's workdir, named by the run's slug: 'EReg gamma=0.1' -> ROOT/ereg_gamma_0_1-seed0."""
+    return os.path.join(root, f"{presets.slug(run.name)}-seed{seed}")
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+def finished_summary(workdir: str, num_steps: int) -> Optional[dict]:
+    """The run's summary if it trained to `num_steps` or diverged, else None."""
+    for name in (DIVERGED_FILE, SUMMARY_FILE):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                summary = json.load(f)
+            if name == DIVERGED_FILE or summary.get("step") == num_steps:
+                return summary
+    return None
+
+
+def _train_or_diverge(config, workdir: str) -> dict:
+    """The run's summary; a run that diverges (the papers' SM does) is recorded, not fatal to the study."""
+    from aero_jax.run_config import architecture_label
+    from aero_jax.trainer import Divergence, train
+
+    try:
+        return train(config, workdir)
+    except Divergence as error:
+        summary = {"diverged": str(error), "step": error.step, "architecture": architecture_label(config.model),
+                   "validation_perplexity": math.inf}
+        write_text_atomically(epath.Path(workdir) / DIVERGED_FILE, json.dumps(summary))
+        print(f"    diverged at step {error.step}: recorded in {workdir}/{DIVERGED_FILE}", flush=True)
+        return summary
+
+
+def run_all(study: Study, root: str) -> Dict[Tuple[str, int], dict]:
+    """Train every run and seed not yet finished, in order; {(run, seed): summary}."""
+    jobs = [(run, seed) for run in study.runs for seed in run.seeds]
+    summaries = {}
+    for index, (run, seed) in enumerate(jobs, start=1):
+        config = run_config(study, run, seed)
+        workdir = workdir_of(root, run, seed)
+        summary = finished_summary(workdir, config.train.num_steps)
+        state = "finished" if summary else "training"
+        print(f"[{index}/{len(jobs)}] {run.name} seed {seed} ({run.preset}): {state} in {workdir}", flush=True)
+        summaries[(run.name, seed)] = summary or _train_or_diverge(config, workdir)
+        if summaries[(run.name, seed)].get("stopped_by_signal"):
+            raise ConfigError(f"run {run.name} seed {seed} was stopped by a signal; rerun the same command to resume")
+    return summaries
+
+
+def claim_perplexity(study: Study, names: Sequence[str],
+                     summaries: Mapping[Tuple[str, int], dict]) -> List[Tuple[str, float, float]]:
+    """[(run, mean perplexity, spread (max - min over seeds))] in the given order; a diverged seed makes it inf."""
+    out = []
+    for name in names:
+        values = [s["validation_perplexity"] for (run, _), s in summaries.items() if run == name]
+        if not all(math.isfinite(v) for v in values):
+            out.append((name, math.inf, 0.0))
+        else:
+            out.append((name, float(np.mean(values)), float(np.max(values) - np.min(values))))
+    return out
+
+
+def verdict(measured: Sequence[Tuple[str, float, float]]) -> str:
+    """reproduced: every step of the order holds by more than the seed spread; not reproduced: one is
+    reversed by more than it; inconclusive otherwise."""
+    steps = list(zip(measured[:-1], measured[1:]))
+    margin = [b[1] - a[1] - max(a[2], b[2]) for a, b in steps]
+    reversed_beyond_noise = [a[1] - b[1] - max(a[2], b[2]) for a, b in steps]
+    if all(m > 0 for m in margin):
+        return "reproduced"
+    if any(r > 0 for r in reversed_beyond_noise):
+        return "not reproduced"
+    return "inconclusive"
+
+
+def gap_verdict(reference: Tuple[str, float, float], variants: Sequence[Tuple[str, float, float]],
+                max_increase: float) -> str:
+    """reproduced: every variant within max_increase of the reference; not reproduced: one beyond it by more
+    than the seed spreads; inconclusive otherwise."""
+    _, base, base_spread = reference
+    increases = [(m - base) / base for _, m, _ in variants]
+    noise = [(s + base_spread) / base for _, _, s in variants]
+    if all(i <= max_increase for i in increases):
+        return "reproduced"
+    if any(i - n > max_increase for i, n in zip(increases, noise)):
+        return "not reproduced"
+    return "inconclusive"
+
+
+# -- the page ---------------------------------------------------------------------------------------
+
+def pi_columns(study: Study, run: RunSpec) -> dict:
+    """Communication and latency at the run's size and at GPT-2 small, T=128, with savings against SM+LN+G."""
+    from aero_jax.pi.cost import pi_cost
+
+    name = presets.resolve(run.preset)
+    here = pi_cost(presets.model_config(name, size="tiny", **study.size), name=name)
+    paper = pi_cost(presets.model_config(name, size="tiny", **PAPER_SIZE), name=name)
+    return {"ops": here["nonlinear_ops"], "comm": here["comm_gb"], "latency": here["latency_min"],
+            "comm_saving": here["comm_saving"], "paper_comm": paper["comm_gb"],
+            "paper_latency": paper["latency_min"], "paper_comm_saving": paper["comm_saving"]}
+
+
+def pareto_front(points: Sequence[Tuple[str, float, float]]) -> List[str]:
+    """Names of the points no other point beats on both cost (x) and perplexity (y)."""
+    return [n for n, x, y in points
+            if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for _, x2, y2 in points)]
+
+
+def _claim_lines(study: Study, claim, summaries) -> List[str]:
+    """A claim's table of measured perplexities and its verdict."""
+    if isinstance(claim, OrderClaim):
+        measured = claim_perplexity(study, claim.order, summaries)
+        head = f"Claimed order, lowest perplexity first: {' < '.join(claim.order)}."
+        result = f"**{verdict(measured)}** (each step must hold by more than the seed spread)"
+    else:
+        measured = claim_perplexity(study, (claim.reference, *claim.variants), summaries)
+        head = f"Claimed: {', '.join(claim.variants)} within {claim.max_increase:.0%} of {claim.reference}'s perplexity."
+        result = (f"**{gap_verdict(measured[0], measured[1:], claim.max_increase)}** (increases: "
+                  f"{', '.join(f'{n} {(m - measured[0][1]) / measured[0][1]:+.1%}' for n, m, _ in measured[1:])})")
+    return [head, "", "| run | mean perplexity | spread over seeds |", "|---|---|---|",
+            *[f"| {n} | {m:.3f} | {s:.3f} |" if math.isfinite(m) else f"| {n} | diverged | - |" for n, m, s in measured],
+            "", f"Verdict: {result}.", ""]
+
+
+def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], command: str) -> str:
+    """OUT.md: the runs' table with PI columns, the claims with their verdicts, the figures."""
+    from aero_jax import figures as figure_lib
+
+    page = out.rstrip("/") + ".md"
+    rows, points = [], []
+    for run in study.runs:
+        (_, mean, spread), = claim_perplexity(study, [run.name], summaries)
+        first = summaries[(run.name, run.seeds[0])]
+        diverged = [s for s in run.seeds if "diverged" in summaries[(run.name, s)]]
+        cost = pi_columns(study, run)
+        perplexity = (f"diverged (seed {', '.join(map(str, diverged))}; step "
+                      f"{', '.join(str(summaries[(run.name, s)]['step']) for s in diverged)})" if diverged else
+                      f"{mean:.3f}" + (f" ± {spread / 2:.3f}" if len(run.seeds) > 1 else ""))
+        rows.append(f"| {run.name} | {first['architecture']} | {len(run.seeds)} | {first['step']} | {perplexity} | "
+                    f"{cost['ops']} | {cost['comm']:.3f} | {cost['latency']:.3f} | {cost['comm_saving']:.2f}x | "
+                    f"{cost['paper_comm']:.2f} | {cost['paper_latency']:.2f} | {cost['paper_comm_saving']:.2f}x |")
+        if not diverged:
+            points.append((run.name, cost["paper_comm"], mean))
+    front = pareto_front(points)
+    trade_off = figure_lib.save(figure_lib.trade_off(points, front, x_label="communication, GPT-2 small T=128 (GB)"),
+                                os.path.join(out, "trade_off.png"))
+    size = ", ".join(f"{f}={study.size[f]}" for f in SIZE_FIELDS)
+    lines = [f"# {study.name}: the papers' claims, tested by our own runs", "",
+             f"Made by `{command}` on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
+             f"Python {platform.python_version()}), {datetime.date.today().isoformat()}. Every number below is "
+             f"read from the runs' `summary.json` and the PI cost model; rerun the command to regenerate it.", "",
+             f"Config `{study.config}` at {size}.", "", "## Runs", "",
+             "| run | architecture | seeds | steps | validation perplexity (mean ± half range) | nonlinear ops | "
+             "comm GB | latency min | comm saving | comm GB, GPT-2 small | latency min, GPT-2 small | "
+             "comm saving, GPT-2 small |", "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             f"![perplexity against communication]({os.path.relpath(trade_off, os.path.dirname(page) or '.')})", "",
+             f"Pareto front (no other run has both lower communication and lower perplexity): {', '.join(front)}.",
+             "", "## Claims", ""]
+    for claim in study.claims:
+        lines += [f"### {claim.title}", ""] + _claim_lines(study, claim, summaries)
+    lines += ["## Figures", "", *[f"![{name}]({os.path.relpath(path, os.path.dirname(page) or '.')})"
+                                  for name, path in figures.items() if path.endswith(".png")], ""]
+    if study.differences:
+        lines += ["## What differs from the papers and why", "", study.differences.strip(), ""]
+    write_text_atomically(epath.Path(page), "\n".join(lines))
+    return page
+
+
+def claim_out_folder(out: str, study: Study) -> None:
+    """OUT holds this study's outputs only: a folder of another study is refused, never overwritten."""
+    make_output_folder(out, flag="--out")
+    marker = os.path.join(out, STUDY_FILE)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            held = json.load(f).get("study")
+        if held != study.name:
+            raise ConfigError(f"--out={out} holds the study {held!r}, not {study.name!r}; accepted: an empty "
+                              f"folder or one of this study")
+    else:
+        if [entry for entry in os.listdir(out) if not entry.startswith(".")]:
+            raise ConfigError(f"--out={out} holds files of no study; accepted: an empty folder or one of this study")
+        write_text_atomically(epath.Path(marker), json.dumps({"study": study.name}))
+
+
+def _run(args) -> None:
+    study = load_study(args.spec)
+    root = args.workdirs or os.path.join("workdirs", study.name)
+    if args.dry_run:
+        for run in study.runs:
+            for seed in run.seeds:
+                config = run_config(study, run, seed)
+                print(json.dumps({"run": run.name, "seed": seed, "preset": config.model.preset,
+                                  "num_steps": config.train.num_steps, "batch_size": config.train.batch_size,
+                                  "dataset": config.data.dataset, "workdir": workdir_of(root, run, seed),
+                                  "command": f"aero-train --config={study.config} --workdir="
+                                             f"{workdir_of(root, run, seed)} {_override_flags(study, run, seed)}"}))
+        return
+    claim_out_folder(args.out, study)
+    summaries = run_all(study, root)
+    from aero_jax.reports import report
+
+    workdirs = [workdir_of(root, run, seed) for run in study.runs for seed in run.seeds
+                if "diverged" not in summaries[(run.name, seed)]]
+    figures = report(workdirs, os.path.join(args.out, "report"))
+    command = " ".join(["aero-study", *sys.argv[1:]]) if sys.argv[0].endswith("aero-study") else \
+        f"aero-study --spec {args.spec} --out {args.out}"
+    print(f"written: {write_page(study, summaries, args.out, figures, command)}")
+
+
+def _override_flags(study: Study, run: RunSpec, seed: int) -> str:
+    """The --config.* flags that make `aero-train` train this run."""
+    flags = [f"--config.model.preset={presets.slug(presets.resolve(run.preset))}", f"--config.seed={seed}"]
+    flags += [f"--config.model.{f}={study.size[f]}" for f in SIZE_FIELDS]
+    train = {**dict(study.train), **({"num_steps": run.steps} if run.steps else {})}
+    flags += [f"--config.train.{k}={v}" for k, v in train.items()]
+    flags += [f"--config.{path}={value}" for path, value in run.overrides.items()]
+    return " ".join(flags)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="aero-study", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="a study file, e.g. studies/paper_claims.py[:variant]")
+    parser.add_argument("--out", default="docs/results", help="figures and the report; the page is OUT.md")
+    parser.add_argument("--workdirs", default="", help="where the runs' workdirs live (default workdirs/<study>)")
+    parser.add_argument("--dry-run", action="store_true", help="print each run's config and command, train nothing")
+    argparse_main("aero-study", parser, _run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The papers' claims as runs: `aero-study --spec studies/paper_claims.py --out docs/results`.
+
+Variants: "" (the embedded dataset, bytes, a small model for a 2-core CPU) and "gpt2_codeparrot"
+(GPT-2 small on CodeParrot with the released recipe, for a TPU; see docs/runbook_tpu.md).
+"""
+
+from aero_jax.study import GapClaim, OrderClaim, RunSpec, Study
+
+SMALL = dict(num_layers=4, num_heads=4, d_model=128, d_ff=512, vocab_size=257, max_len=128)
+GPT2_SMALL = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
+TWO_SEEDS = (0, 1)
+
+
+def _runs():
+    ablation = [RunSpec(name, name, seeds=TWO_SEEDS) for name in ("SM+LN+G", "SM+LN+R", "SM+R", "SM+G", "SM+LN")]
+    fixes = [RunSpec(name, name) for name in ("SM", "SM+WNorm(QK+FFN)", "SM+SNorm(QK+FFN)")]
+    ffn = [RunSpec(name, name, seeds=TWO_SEEDS) for name in ("SM+ScFFN", "SM+ScFuFFN", "SM+ScFuFFN[FFN:L/2]")]
+    ereg = [RunSpec("SM(t)+ScFuFFN", "SM(t)+ScFuFFN", seeds=TWO_SEEDS),
+            RunSpec("EReg(SM(t)+ScFuFFN)", "EReg(SM(t)+ScFuFFN)", seeds=TWO_SEEDS)]
+    gammas = [RunSpec(f"EReg gamma={gamma}", "EReg(SM(t)+ScFuFFN)", overrides={"model.ereg_gamma": gamma})
+              for gamma in (0.1, 0.3)]
+    return tuple(ablation + fixes + ffn + ereg + gammas)
+
+
+CLAIMS = (
+    OrderClaim("1a. The nonlinearity ablation: SM+LN+G < SM+LN+R < SM+R < SM+G",
+               ("SM+LN+G", "SM+LN+R", "SM+R", "SM+G")),
+    OrderClaim("1b. The nonlinearity ablation: SM+R < SM+LN", ("SM+R", "SM+LN")),
+    GapClaim("4. FFN fusion and pruning cost little perplexity (the papers: at most +1.7%)", "SM+ScFFN",
+             ("SM+ScFuFFN", "SM+ScFuFFN[FFN:L/2]"), max_increase=0.05),
+    OrderClaim("5. The entropy regularizer lowers the perplexity of SM(t)+ScFuFFN",
+               ("EReg(SM(t)+ScFuFFN)", "SM(t)+ScFuFFN")),
+)
+
+DIFFERENCES = """
+- Scale: a 4-layer, 4-head, d=128 model on bytes (vocabulary 257), T=128, instead of GPT-2 small
+  (L=12, d=768) with a 50K BPE; a few thousand steps instead of 32K updates of 512 sequences.
+- Data: the Python standard library (the embedded default dataset) instead of CodeParrot's
+  GitHub Python files: the same language, a much smaller and cleaner corpus.
+- The penalty keeps the released strength per 128 rows (model.ereg_rows) at batch 32.
+"""
+
+
+def get_study(variant: str = "") -> Study:
+    if variant == "gpt2_codeparrot":
+        return Study(name="paper_claims_gpt2_codeparrot", config="configs/gpt2_codeparrot.py:sm_ln_g",
+                     size=GPT2_SMALL, runs=_runs(), claims=CLAIMS,
+                     differences="The papers' setting: GPT-2 small on CodeParrot, the released recipe.")
+    if variant:
+        raise ValueError(f"unknown variant {variant!r} of studies/paper_claims.py; accepted: gpt2_codeparrot")
+    return Study(name="paper_claims", config="configs/default.py", size=SMALL, runs=_runs(), claims=CLAIMS,
+                 train=dict(num_steps=1000, eval_every=500, checkpoint_every=500), differences=DIFFERENCES)

@@ -1,0 +1,125 @@
+"""aero-study end to end on two tiny runs: interrupted, resumed, reported, and its page checked."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from aero_jax import study as study_lib
+from aero_jax.run_log import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+
+SPEC = """
+from aero_jax.study import GapClaim, OrderClaim, RunSpec, Study
+
+DATA = {data!r}
+
+
+def get_study(variant=""):
+    runs = (RunSpec("A", "SM+LN+G", seeds=(0, 1), overrides=DATA), RunSpec("B", "{second}", overrides=DATA),
+            RunSpec("{third_name}", "SM+R", overrides=DATA),
+            RunSpec("D", "SM", overrides=dict(DATA, **{{"optim.peak_lr": 1e6}})))
+    claims = (OrderClaim("A before B", ("A", "B")), OrderClaim("B before D", ("B", "D")),
+              GapClaim("B near A", "A", ("B",), max_increase=0.5))
+    return Study(name="{name}", config="{config}", runs=runs, claims=claims,
+                 size=dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
+                 train=dict(num_steps=4), differences="Tiny runs for a test.")
+"""
+
+
+def write_spec(tmp_path, corpus, name="tiny", second="SM+R", third_name="C"):
+    path = tmp_path / f"{name}.py"
+    data = {f"data.{k}": v for k, v in corpus.items()}
+    path.write_text(SPEC.format(data=data, second=second, third_name=third_name, name=name,
+                                config=ROOT / "configs" / "default.py:smoke"))
+    return path
+
+
+def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monkeypatch):
+    spec = write_spec(tmp_path, corpus)
+    out, workdirs = tmp_path / "results", tmp_path / "runs"
+    study = study_lib.load_study(str(spec))
+    import aero_jax.trainer
+
+    original, calls = aero_jax.trainer.train, []
+
+    def interrupted_on_the_second_job(config, workdir):
+        calls.append(workdir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user stops the study while the second run trains
+        return original(config, workdir)
+
+    monkeypatch.setattr(aero_jax.trainer, "train", interrupted_on_the_second_job)
+    with pytest.raises(KeyboardInterrupt):
+        study_lib.run_all(study, str(workdirs))
+    first = workdirs / "a-seed0"
+    first_records = read_metrics(first)
+    monkeypatch.setattr(aero_jax.trainer, "train", original)
+
+    study_lib.main(["--spec", str(spec), "--out", str(out), "--workdirs", str(workdirs)])
+    assert read_metrics(first) == first_records  # finished runs are not trained again
+    page = (tmp_path / "results.md").read_text()
+    summaries = {p.name: json.loads((p / "summary.json").read_text()) for p in workdirs.iterdir()
+                 if (p / "summary.json").exists()}
+    a = [summaries[f"a-seed{s}"]["validation_perplexity"] for s in (0, 1)]
+    row_a = next(line for line in page.splitlines() if line.startswith("| A |"))
+    assert f"{sum(a) / 2:.3f} ± {(max(a) - min(a)) / 2:.3f}" in row_a
+    row_b = next(line for line in page.splitlines() if line.startswith("| B |"))
+    assert f"| {summaries['b-seed0']['validation_perplexity']:.3f} |" in row_b
+    assert re.search(r"Verdict: \*\*(reproduced|not reproduced|inconclusive)\*\*", page)
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
+        path = tmp_path / image
+        assert path.exists() and path.stat().st_size > 1000, image
+    assert "Tiny runs for a test." in page and "Pareto front" in page
+    row_d = next(line for line in page.splitlines() if line.startswith("| D |"))
+    assert "diverged (seed 0; step" in row_d and (workdirs / "d-seed0" / "diverged.json").exists()
+    b_before_d = page.split("### B before D")[1].split("###")[0]
+    assert "Verdict: **reproduced**" in b_before_d  # a diverged run counts as the worst perplexity
+    assert "Verdict: **reproduced** (increases: B +" in page.split("### B near A")[1]
+
+
+def _study_command(*args):
+    return subprocess.run([str(BIN / "aero-study"), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line(result, *expected):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_bad_specs_and_outputs_are_refused_in_one_line(corpus, tmp_path):
+    unknown = write_spec(tmp_path, corpus, name="unknown", second="SM+XL")
+    _assert_one_line(_study_command("--spec", unknown, "--out", tmp_path / "o1"), "unknown preset 'SM+XL'")
+    twice = write_spec(tmp_path, corpus, name="twice", third_name="A")
+    _assert_one_line(_study_command("--spec", twice, "--out", tmp_path / "o2"), "names runs A more than once")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.json").write_text(json.dumps({"study": "someone_else"}))
+    good = write_spec(tmp_path, corpus, name="good")
+    _assert_one_line(_study_command("--spec", good, "--out", other), "holds the study 'someone_else'")
+    assert json.loads((other / "study.json").read_text()) == {"study": "someone_else"}
+
+
+def test_the_gpt2_codeparrot_variant_dry_runs():
+    result = _study_command("--spec", ROOT / "studies" / "paper_claims.py:gpt2_codeparrot", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(runs) == sum(len(r.seeds) for r in study_lib.load_study(
+        str(ROOT / "studies" / "paper_claims.py:gpt2_codeparrot")).runs)
+    assert {r["dataset"] for r in runs} == {"codeparrot"} and {r["batch_size"] for r in runs} == {512}
+    assert all("--config.model.num_layers=12" in r["command"] for r in runs)
+
+
+def test_verdicts_and_the_pareto_front():
+    assert study_lib.verdict([("a", 2.0, 0.1), ("b", 3.0, 0.1)]) == "reproduced"
+    assert study_lib.verdict([("a", 3.0, 0.1), ("b", 2.0, 0.1)]) == "not reproduced"
+    assert study_lib.verdict([("a", 2.0, 0.5), ("b", 2.2, 0.5)]) == "inconclusive"
+    assert study_lib.pareto_front([("x", 1, 5), ("y", 2, 4), ("z", 3, 6)]) == ["x", "y"]
