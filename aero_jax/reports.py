@@ -45,7 +45,7 @@ class Run:
     params: dict
 
 
-def _newest_head_entropy(workdir: str) -> np.ndarray:
+def newest_head_entropy(workdir: str) -> np.ndarray:
     files = glob.glob(os.path.join(workdir, "eval", "head_entropy_step*.npy"))
     if not files:
         raise ConfigError(f"workdir {workdir} has no eval/head_entropy_step*.npy; accepted: a run evaluated by "
@@ -61,7 +61,7 @@ def load_run(workdir: str) -> Run:
     run = restore_run(workdir)
     return Run(label=architecture_label(run.config.model), workdir=workdir, model_config=run.model.config,
                train=[r for r in records if r["kind"] == "train"], evals=[r for r in records if r["kind"] == "eval"],
-               head_entropy=_newest_head_entropy(workdir), params=run.state.params)
+               head_entropy=newest_head_entropy(workdir), params=run.state.params)
 
 
 def check_same_size(runs: List[Run]) -> None:

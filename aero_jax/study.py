@@ -66,13 +66,31 @@ class GapClaim:
     max_increase: float = 0.05
 
 
+ENTROPY_REGIONS = ("early_top", "deep_bottom")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareClaim:
+    """A published entropy pattern: the `larger` runs have more of their heads in `region` than the `smaller`.
+
+    `early_top`: heads of the first half of the layers with entropy in [3/4, 1] log T (entropic
+    overload); `deep_bottom`: heads of the other layers in [0, 1/4) log T (entropy collapse). The
+    newest evaluation of each run is read (a run that diverged has its last one).
+    """
+
+    title: str
+    region: str
+    larger: Tuple[str, ...]
+    smaller: Tuple[str, ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class Study:
     name: str
     config: str  # a config file as --config names it, e.g. "configs/default.py"
     size: Mapping[str, int]  # every SIZE_FIELDS value, shared by all runs
     runs: Tuple[RunSpec, ...]
-    claims: Tuple[Union[OrderClaim, GapClaim], ...] = ()
+    claims: Tuple[Union[OrderClaim, GapClaim, ShareClaim], ...] = ()
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # train.* for every run
     differences: str = ""  # what differs from the papers and why, for the page
 
@@ -108,7 +126,11 @@ def check_study(study: Study) -> None:
         raise ConfigError(f"study {study.name} size lacks {', '.join(missing)}; accepted: every one of "
                           f"{', '.join(SIZE_FIELDS)}")
     for claim in study.claims:
-        named = claim.order if isinstance(claim, OrderClaim) else (claim.reference, *claim.variants)
+        named = claim.order if isinstance(claim, OrderClaim) else (claim.reference, *claim.variants) \
+            if isinstance(claim, GapClaim) else (*claim.larger, *claim.smaller)
+        if isinstance(claim, ShareClaim) and claim.region not in ENTROPY_REGIONS:
+            raise ConfigError(f"claim {claim.title!r}: region={claim.region!r} is invalid; accepted: "
+                              f"{', '.join(ENTROPY_REGIONS)}")
         unknown = [n for n in named if n not in names]
         if unknown:
             raise ConfigError(f"claim {claim.title!r} names runs {', '.join(unknown)}; accepted: {', '.join(names)}")
@@ -224,6 +246,46 @@ def gap_verdict(reference: Tuple[str, float, float], variants: Sequence[Tuple[st
     return "inconclusive"
 
 
+def region_share(head_LxH: np.ndarray, region: str, seq_len: int) -> float:
+    """Share of the heads of a region (see ShareClaim) in its entropy range, against log T."""
+    from aero_jax.entropy import entropy_range_shares
+
+    half = max(1, head_LxH.shape[0] // 2)
+    part = head_LxH[:half] if region == "early_top" else head_LxH[half:] if head_LxH.shape[0] > 1 else head_LxH
+    shares = np.asarray(entropy_range_shares(part, max_reference="log_t", seq_len=seq_len))
+    return float(shares[-1] if region == "early_top" else shares[0])
+
+
+def run_region_shares(study: Study, claim: ShareClaim, root: str) -> Dict[str, Optional[float]]:
+    """{run: mean share over the seeds that have an evaluation, or None}."""
+    from aero_jax.reports import newest_head_entropy
+
+    out = {}
+    for run in (r for r in study.runs if r.name in (*claim.larger, *claim.smaller)):
+        values = []
+        for seed in run.seeds:
+            try:
+                values.append(region_share(newest_head_entropy(workdir_of(root, run, seed)), claim.region,
+                                           study.size["max_len"]))
+            except ConfigError:  # no evaluation was written before the run ended
+                continue
+        out[run.name] = float(np.mean(values)) if values else None
+    return out
+
+
+def share_verdict(shares: Mapping[str, Optional[float]], claim: ShareClaim) -> str:
+    """reproduced: every `larger` run above every `smaller` one; not reproduced: every one below; else inconclusive."""
+    if any(v is None for v in shares.values()):
+        return "inconclusive"
+    larger = [shares[n] for n in claim.larger]
+    smaller = [shares[n] for n in claim.smaller]
+    if min(larger) > max(smaller):
+        return "reproduced"
+    if max(larger) < min(smaller):
+        return "not reproduced"
+    return "inconclusive"
+
+
 # -- the page ---------------------------------------------------------------------------------------
 
 def pi_columns(study: Study, run: RunSpec) -> dict:
@@ -244,8 +306,16 @@ def pareto_front(points: Sequence[Tuple[str, float, float]]) -> List[str]:
             if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for _, x2, y2 in points)]
 
 
-def _claim_lines(study: Study, claim, summaries) -> List[str]:
-    """A claim's table of measured perplexities and its verdict."""
+def _claim_lines(study: Study, claim, summaries, root: str) -> List[str]:
+    """A claim's table of measured values and its verdict."""
+    if isinstance(claim, ShareClaim):
+        shares = run_region_shares(study, claim, root)
+        what = ("heads of the first half of the layers in [3/4, 1] log T" if claim.region == "early_top" else
+                "heads of the second half of the layers in [0, 1/4) log T")
+        return [f"Claimed: {', '.join(claim.larger)} have a larger share of {what} than {', '.join(claim.smaller)}.",
+                "", "| run | share |", "|---|---|",
+                *[f"| {n} | {'no evaluation' if v is None else f'{v:.1%}'} |" for n, v in shares.items()], "",
+                f"Verdict: **{share_verdict(shares, claim)}**.", ""]
     if isinstance(claim, OrderClaim):
         measured = claim_perplexity(study, claim.order, summaries)
         head = f"Claimed order, lowest perplexity first: {' < '.join(claim.order)}."
@@ -260,7 +330,7 @@ def _claim_lines(study: Study, claim, summaries) -> List[str]:
             "", f"Verdict: {result}.", ""]
 
 
-def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], command: str) -> str:
+def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], command: str, root: str) -> str:
     """OUT.md: the runs' table with PI columns, the claims with their verdicts, the figures."""
     from aero_jax import figures as figure_lib
 
@@ -295,7 +365,7 @@ def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], co
              f"Pareto front (no other run has both lower communication and lower perplexity): {', '.join(front)}.",
              "", "## Claims", ""]
     for claim in study.claims:
-        lines += [f"### {claim.title}", ""] + _claim_lines(study, claim, summaries)
+        lines += [f"### {claim.title}", ""] + _claim_lines(study, claim, summaries, root)
     lines += ["## Figures", "", *[f"![{name}]({os.path.relpath(path, os.path.dirname(page) or '.')})"
                                   for name, path in figures.items() if path.endswith(".png")], ""]
     if study.differences:
@@ -342,7 +412,7 @@ def _run(args) -> None:
     figures = report(workdirs, os.path.join(args.out, "report"))
     command = " ".join(["aero-study", *sys.argv[1:]]) if sys.argv[0].endswith("aero-study") else \
         f"aero-study --spec {args.spec} --out {args.out}"
-    print(f"written: {write_page(study, summaries, args.out, figures, command)}")
+    print(f"written: {write_page(study, summaries, args.out, figures, command, root)}")
 
 
 def _override_flags(study: Study, run: RunSpec, seed: int) -> str:

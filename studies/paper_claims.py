@@ -4,7 +4,7 @@ Variants: "" (the embedded dataset, bytes, a small model for a 2-core CPU) and "
 (GPT-2 small on CodeParrot with the released recipe, for a TPU; see docs/runbook_tpu.md).
 """
 
-from aero_jax.study import GapClaim, OrderClaim, RunSpec, Study
+from aero_jax.study import GapClaim, OrderClaim, RunSpec, ShareClaim, Study
 
 SMALL = dict(num_layers=4, num_heads=4, d_model=128, d_ff=512, vocab_size=257, max_len=128)
 GPT2_SMALL = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
@@ -26,6 +26,10 @@ CLAIMS = (
     OrderClaim("1a. The nonlinearity ablation: SM+LN+G < SM+LN+R < SM+R < SM+G",
                ("SM+LN+G", "SM+LN+R", "SM+R", "SM+G")),
     OrderClaim("1b. The nonlinearity ablation: SM+R < SM+LN", ("SM+R", "SM+LN")),
+    ShareClaim("3a. Entropic overload: without LayerNorm, SM+G's early heads reach the top entropy range more "
+               "than SM+R's", "early_top", ("SM+G",), ("SM+R",)),
+    ShareClaim("3b. Entropy collapse in deep layers without normalization; weight norm, spectral norm and ScFFN "
+               "each prevent it", "deep_bottom", ("SM",), ("SM+WNorm(QK+FFN)", "SM+SNorm(QK+FFN)", "SM+ScFFN")),
     GapClaim("4. FFN fusion and pruning cost little perplexity (the papers: at most +1.7%)", "SM+ScFFN",
              ("SM+ScFuFFN", "SM+ScFuFFN[FFN:L/2]"), max_increase=0.05),
     OrderClaim("5. The entropy regularizer lowers the perplexity of SM(t)+ScFuFFN",

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from aero_jax import study as study_lib
@@ -16,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
 
 SPEC = """
-from aero_jax.study import GapClaim, OrderClaim, RunSpec, Study
+from aero_jax.study import GapClaim, OrderClaim, RunSpec, ShareClaim, Study
 
 DATA = {data!r}
 
@@ -26,7 +27,8 @@ def get_study(variant=""):
             RunSpec("{third_name}", "SM+R", overrides=DATA),
             RunSpec("D", "SM", overrides=dict(DATA, **{{"optim.peak_lr": 1e6}})))
     claims = (OrderClaim("A before B", ("A", "B")), OrderClaim("B before D", ("B", "D")),
-              GapClaim("B near A", "A", ("B",), max_increase=0.5))
+              GapClaim("B near A", "A", ("B",), max_increase=0.5),
+              ShareClaim("collapse", "deep_bottom", ("D",), ("B",)))
     return Study(name="{name}", config="{config}", runs=runs, claims=claims,
                  size=dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
                  train=dict(num_steps=4), differences="Tiny runs for a test.")
@@ -82,6 +84,8 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     b_before_d = page.split("### B before D")[1].split("###")[0]
     assert "Verdict: **reproduced**" in b_before_d  # a diverged run counts as the worst perplexity
     assert "Verdict: **reproduced** (increases: B +" in page.split("### B near A")[1]
+    collapse = page.split("### collapse")[1]
+    assert "| D | no evaluation |" in collapse and "Verdict: **inconclusive**" in collapse  # D diverged first
 
 
 def _study_command(*args):
@@ -116,6 +120,18 @@ def test_the_gpt2_codeparrot_variant_dry_runs():
         str(ROOT / "studies" / "paper_claims.py:gpt2_codeparrot")).runs)
     assert {r["dataset"] for r in runs} == {"codeparrot"} and {r["batch_size"] for r in runs} == {512}
     assert all("--config.model.num_layers=12" in r["command"] for r in runs)
+
+
+def test_region_shares_against_log_t():
+    log_t = np.log(32)
+    head = np.array([[0.9, 0.8, 0.1], [0.9, 0.2, 0.2], [0.1, 0.05, 0.6], [0.3, 0.1, 0.9]]) * log_t  # [L=4, H=3]
+    assert study_lib.region_share(head, "early_top", 32) == pytest.approx(3 / 6)  # 0.9, 0.8, 0.9 of layers 0-1
+    assert study_lib.region_share(head, "deep_bottom", 32) == pytest.approx(3 / 6)  # 0.1, 0.05, 0.1 of layers 2-3
+    claim = study_lib.ShareClaim("x", "early_top", ("a",), ("b", "c"))
+    assert study_lib.share_verdict({"a": 0.5, "b": 0.2, "c": 0.3}, claim) == "reproduced"
+    assert study_lib.share_verdict({"a": 0.1, "b": 0.2, "c": 0.3}, claim) == "not reproduced"
+    assert study_lib.share_verdict({"a": 0.25, "b": 0.2, "c": 0.3}, claim) == "inconclusive"
+    assert study_lib.share_verdict({"a": None, "b": 0.2, "c": 0.3}, claim) == "inconclusive"
 
 
 def test_verdicts_and_the_pareto_front():
