@@ -85,12 +85,34 @@ class ShareClaim:
 
 
 @dataclasses.dataclass(frozen=True)
+class InstabilityClaim:
+    """A published instability: `run` diverges, shows non-finite attention probabilities, or ends at `factor`
+    times the perplexity of `reference` or worse."""
+
+    title: str
+    run: str
+    reference: str
+    factor: float = 1.1
+
+
+@dataclasses.dataclass(frozen=True)
+class SubstituteClaim:
+    """The LayerNorm substitute costs little perplexity: `run` (a LayerNorm model) after calibration, folding and
+    `finetune_steps` steps of fine-tuning is within `max_increase` of its perplexity with LayerNorm."""
+
+    title: str
+    run: str
+    finetune_steps: int = 200
+    max_increase: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
     name: str
     config: str  # a config file as --config names it, e.g. "configs/default.py"
     size: Mapping[str, int]  # every SIZE_FIELDS value, shared by all runs
     runs: Tuple[RunSpec, ...]
-    claims: Tuple[Union[OrderClaim, GapClaim, ShareClaim], ...] = ()
+    claims: Tuple[Union[OrderClaim, GapClaim, ShareClaim, InstabilityClaim, SubstituteClaim], ...] = ()
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # train.* for every run
     differences: str = ""  # what differs from the papers and why, for the page
 
@@ -126,14 +148,26 @@ def check_study(study: Study) -> None:
         raise ConfigError(f"study {study.name} size lacks {', '.join(missing)}; accepted: every one of "
                           f"{', '.join(SIZE_FIELDS)}")
     for claim in study.claims:
-        named = claim.order if isinstance(claim, OrderClaim) else (claim.reference, *claim.variants) \
-            if isinstance(claim, GapClaim) else (*claim.larger, *claim.smaller)
+        named = claim_runs(claim)
         if isinstance(claim, ShareClaim) and claim.region not in ENTROPY_REGIONS:
             raise ConfigError(f"claim {claim.title!r}: region={claim.region!r} is invalid; accepted: "
                               f"{', '.join(ENTROPY_REGIONS)}")
         unknown = [n for n in named if n not in names]
         if unknown:
             raise ConfigError(f"claim {claim.title!r} names runs {', '.join(unknown)}; accepted: {', '.join(names)}")
+
+
+def claim_runs(claim) -> Tuple[str, ...]:
+    """The run names a claim reads."""
+    if isinstance(claim, OrderClaim):
+        return claim.order
+    if isinstance(claim, GapClaim):
+        return (claim.reference, *claim.variants)
+    if isinstance(claim, ShareClaim):
+        return (*claim.larger, *claim.smaller)
+    if isinstance(claim, InstabilityClaim):
+        return (claim.run, claim.reference)
+    return (claim.run,)
 
 
 def run_config(study: Study, run: RunSpec, seed: int):
@@ -286,6 +320,62 @@ def share_verdict(shares: Mapping[str, Optional[float]], claim: ShareClaim) -> s
     return "inconclusive"
 
 
+def instability_lines(study: Study, claim: InstabilityClaim, summaries, root: str) -> List[str]:
+    """Per seed of `claim.run`: where it diverged, its first non-finite attention (step, layers), its perplexity."""
+    from aero_jax.run_log import read_metrics
+
+    (_, reference, _), = claim_perplexity(study, [claim.reference], summaries)
+    run = next(r for r in study.runs if r.name == claim.run)
+    rows, unstable = [], []
+    for seed in run.seeds:
+        summary = summaries[(run.name, seed)]
+        workdir = workdir_of(root, run, seed)
+        records = read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+        bad = next((r for r in records if r["kind"] == "train" and sum(r.get("nonfinite_attention") or [0]) > 0), None)
+        diverged = "diverged" in summary
+        ratio = summary["validation_perplexity"] / reference
+        unstable.append(diverged or bad is not None or ratio >= claim.factor)
+        diverged_at = str(summary["step"]) if diverged else "no"
+        first_bad = "none"
+        if bad is not None:
+            layers = [i for i, count in enumerate(bad["nonfinite_attention"]) if count]
+            first_bad = f"step {bad['step']}, layers {layers}"
+        perplexity = "-" if diverged else f"{summary['validation_perplexity']:.3f}"
+        ratio_text = f"{ratio:.2f}" if math.isfinite(ratio) else "-"
+        rows.append(f"| {seed} | {diverged_at} | {first_bad} | {perplexity} | {ratio_text} |")
+    result = "reproduced" if all(unstable) else "not reproduced" if not any(unstable) else "inconclusive"
+    return [f"Claimed: {claim.run} is unstable (diverges, shows non-finite attention, or ends at {claim.factor:g}x "
+            f"the perplexity of {claim.reference} or worse).", "",
+            f"| seed | diverged at step | first non-finite attention | perplexity | ratio to {claim.reference} |",
+            "|---|---|---|---|---|", *rows, "", f"Verdict: **{result}**.", ""]
+
+
+def substitute_lines(study: Study, claim: SubstituteClaim, root: str, out: str) -> List[str]:
+    """The LayerNorm substitute of `claim.run`'s first seed (computed once, kept in OUT), and its verdict."""
+    from aero_jax.ln_substitute import substitute_report
+
+    run = next(r for r in study.runs if r.name == claim.run)
+    cached = os.path.join(out, f"ln_substitute_{presets.slug(run.name)}_ft{claim.finetune_steps}.json")
+    if os.path.exists(cached):
+        with open(cached) as f:
+            result = json.load(f)
+    else:
+        result = substitute_report(workdir_of(root, run, run.seeds[0]), finetune_steps=claim.finetune_steps)
+        write_text_atomically(epath.Path(cached), json.dumps(result, indent=1))
+    before = result["perplexity_with_layernorm"]
+    after = result.get("perplexity_substitute_finetuned", result["perplexity_folded"])
+    saved = result["pi_cost_with_layernorm"]["comm_gb"] / result["pi_cost_substitute"]["comm_gb"]
+    increase = after / before - 1
+    verdict_text = "reproduced" if increase <= claim.max_increase else "not reproduced"
+    return [f"Claimed: after the substitute and {claim.finetune_steps} fine-tuning steps, {claim.run} is within "
+            f"{claim.max_increase:.0%} of its perplexity with LayerNorm.", "",
+            "| with LayerNorm | substitute (calibrated) | folded | fine-tuned | communication saved |",
+            "|---|---|---|---|---|",
+            f"| {before:.3f} | {result['perplexity_substitute']:.3f} | {result['perplexity_folded']:.3f} | "
+            f"{after:.3f} | {saved:.2f}x at this size |", "",
+            f"Verdict: **{verdict_text}** ({increase:+.1%}).", ""]
+
+
 # -- the page ---------------------------------------------------------------------------------------
 
 def pi_columns(study: Study, run: RunSpec) -> dict:
@@ -306,8 +396,12 @@ def pareto_front(points: Sequence[Tuple[str, float, float]]) -> List[str]:
             if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for _, x2, y2 in points)]
 
 
-def _claim_lines(study: Study, claim, summaries, root: str) -> List[str]:
+def _claim_lines(study: Study, claim, summaries, root: str, out: str) -> List[str]:
     """A claim's table of measured values and its verdict."""
+    if isinstance(claim, InstabilityClaim):
+        return instability_lines(study, claim, summaries, root)
+    if isinstance(claim, SubstituteClaim):
+        return substitute_lines(study, claim, root, out)
     if isinstance(claim, ShareClaim):
         shares = run_region_shares(study, claim, root)
         what = ("heads of the first half of the layers in [3/4, 1] log T" if claim.region == "early_top" else
@@ -365,7 +459,7 @@ def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], co
              f"Pareto front (no other run has both lower communication and lower perplexity): {', '.join(front)}.",
              "", "## Claims", ""]
     for claim in study.claims:
-        lines += [f"### {claim.title}", ""] + _claim_lines(study, claim, summaries, root)
+        lines += [f"### {claim.title}", ""] + _claim_lines(study, claim, summaries, root, out)
     lines += ["## Figures", "", *[f"![{name}]({os.path.relpath(path, os.path.dirname(page) or '.')})"
                                   for name, path in figures.items() if path.endswith(".png")], ""]
     if study.differences:

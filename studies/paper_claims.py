@@ -4,7 +4,7 @@ Variants: "" (the embedded dataset, bytes, a small model for a 2-core CPU) and "
 (GPT-2 small on CodeParrot with the released recipe, for a TPU; see docs/runbook_tpu.md).
 """
 
-from aero_jax.study import GapClaim, OrderClaim, RunSpec, ShareClaim, Study
+from aero_jax.study import GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study, SubstituteClaim
 
 SMALL = dict(num_layers=4, num_heads=4, d_model=128, d_ff=512, vocab_size=257, max_len=128)
 GPT2_SMALL = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
@@ -26,6 +26,7 @@ CLAIMS = (
     OrderClaim("1a. The nonlinearity ablation: SM+LN+G < SM+LN+R < SM+R < SM+G",
                ("SM+LN+G", "SM+LN+R", "SM+R", "SM+G")),
     OrderClaim("1b. The nonlinearity ablation: SM+R < SM+LN", ("SM+R", "SM+LN")),
+    InstabilityClaim("2. The softmax-only model without a fix (SM) is unstable", "SM", "SM+ScFFN"),
     ShareClaim("3a. Entropic overload: without LayerNorm, SM+G's early heads reach the top entropy range more "
                "than SM+R's", "early_top", ("SM+G",), ("SM+R",)),
     ShareClaim("3b. Entropy collapse in deep layers without normalization; weight norm, spectral norm and ScFFN "
@@ -34,6 +35,8 @@ CLAIMS = (
              ("SM+ScFuFFN", "SM+ScFuFFN[FFN:L/2]"), max_increase=0.05),
     OrderClaim("5. The entropy regularizer lowers the perplexity of SM(t)+ScFuFFN",
                ("EReg(SM(t)+ScFuFFN)", "SM(t)+ScFuFFN")),
+    SubstituteClaim("7. The LayerNorm substitute: SM+LN+R served without LayerNorm, after a short fine-tune",
+                    "SM+LN+R", finetune_steps=200, max_increase=0.05),
 )
 
 DIFFERENCES = """

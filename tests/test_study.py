@@ -17,7 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
 
 SPEC = """
-from aero_jax.study import GapClaim, OrderClaim, RunSpec, ShareClaim, Study
+from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study,
+                            SubstituteClaim)
 
 DATA = {data!r}
 
@@ -28,7 +29,8 @@ def get_study(variant=""):
             RunSpec("D", "SM", overrides=dict(DATA, **{{"optim.peak_lr": 1e6}})))
     claims = (OrderClaim("A before B", ("A", "B")), OrderClaim("B before D", ("B", "D")),
               GapClaim("B near A", "A", ("B",), max_increase=0.5),
-              ShareClaim("collapse", "deep_bottom", ("D",), ("B",)))
+              ShareClaim("collapse", "deep_bottom", ("D",), ("B",)), InstabilityClaim("D unstable", "D", "A"),
+              SubstituteClaim("substitute", "A", finetune_steps=2, max_increase=10.0))
     return Study(name="{name}", config="{config}", runs=runs, claims=claims,
                  size=dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
                  train=dict(num_steps=4), differences="Tiny runs for a test.")
@@ -86,6 +88,10 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     assert "Verdict: **reproduced** (increases: B +" in page.split("### B near A")[1]
     collapse = page.split("### collapse")[1]
     assert "| D | no evaluation |" in collapse and "Verdict: **inconclusive**" in collapse  # D diverged first
+    unstable = page.split("### D unstable")[1].split("###")[0]
+    assert "| 0 | 1 |" in unstable and "Verdict: **reproduced**" in unstable
+    substitute = page.split("### substitute")[1].split("###")[0]
+    assert "Verdict: **reproduced**" in substitute and (out / "ln_substitute_a_ft2.json").exists()
 
 
 def _study_command(*args):
