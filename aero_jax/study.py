@@ -66,7 +66,7 @@ class GapClaim:
     max_increase: float = 0.05
 
 
-ENTROPY_REGIONS = ("early_top", "deep_bottom")
+ENTROPY_REGIONS = ("early_top", "deep_bottom", "all_top")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +74,24 @@ class ShareClaim:
     """A published entropy pattern: the `larger` runs have more of their heads in `region` than the `smaller`.
 
     `early_top`: heads of the first half of the layers with entropy in [3/4, 1] log T (entropic
-    overload); `deep_bottom`: heads of the other layers in [0, 1/4) log T (entropy collapse). The
-    newest evaluation of each run is read (a run that diverged has its last one).
+    overload); `deep_bottom`: heads of the other layers in [0, 1/4) log T (entropy collapse);
+    `all_top`: every head in [3/4, 1] log T. The newest evaluation of each run is read (a run that
+    diverged has its last one).
     """
 
     title: str
     region: str
     larger: Tuple[str, ...]
     smaller: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrendClaim:
+    """A published trend: the share of heads in `region` grows along `runs` (e.g. a sweep of gamma)."""
+
+    title: str
+    region: str
+    runs: Tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +122,7 @@ class Study:
     config: str  # a config file as --config names it, e.g. "configs/default.py"
     size: Mapping[str, int]  # every SIZE_FIELDS value, shared by all runs
     runs: Tuple[RunSpec, ...]
-    claims: Tuple[Union[OrderClaim, GapClaim, ShareClaim, InstabilityClaim, SubstituteClaim], ...] = ()
+    claims: Tuple[Union[OrderClaim, GapClaim, ShareClaim, TrendClaim, InstabilityClaim, SubstituteClaim], ...] = ()
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # train.* for every run
     differences: str = ""  # what differs from the papers and why, for the page
 
@@ -149,7 +159,7 @@ def check_study(study: Study) -> None:
                           f"{', '.join(SIZE_FIELDS)}")
     for claim in study.claims:
         named = claim_runs(claim)
-        if isinstance(claim, ShareClaim) and claim.region not in ENTROPY_REGIONS:
+        if isinstance(claim, (ShareClaim, TrendClaim)) and claim.region not in ENTROPY_REGIONS:
             raise ConfigError(f"claim {claim.title!r}: region={claim.region!r} is invalid; accepted: "
                               f"{', '.join(ENTROPY_REGIONS)}")
         unknown = [n for n in named if n not in names]
@@ -165,6 +175,8 @@ def claim_runs(claim) -> Tuple[str, ...]:
         return (claim.reference, *claim.variants)
     if isinstance(claim, ShareClaim):
         return (*claim.larger, *claim.smaller)
+    if isinstance(claim, TrendClaim):
+        return claim.runs
     if isinstance(claim, InstabilityClaim):
         return (claim.run, claim.reference)
     return (claim.run,)
@@ -285,17 +297,18 @@ def region_share(head_LxH: np.ndarray, region: str, seq_len: int) -> float:
     from aero_jax.entropy import entropy_range_shares
 
     half = max(1, head_LxH.shape[0] // 2)
-    part = head_LxH[:half] if region == "early_top" else head_LxH[half:] if head_LxH.shape[0] > 1 else head_LxH
-    shares = np.asarray(entropy_range_shares(part, max_reference="log_t", seq_len=seq_len))
-    return float(shares[-1] if region == "early_top" else shares[0])
+    parts = {"early_top": head_LxH[:half], "deep_bottom": head_LxH[half:] if head_LxH.shape[0] > 1 else head_LxH,
+             "all_top": head_LxH}
+    shares = np.asarray(entropy_range_shares(parts[region], max_reference="log_t", seq_len=seq_len))
+    return float(shares[0] if region == "deep_bottom" else shares[-1])
 
 
-def run_region_shares(study: Study, claim: ShareClaim, root: str) -> Dict[str, Optional[float]]:
-    """{run: mean share over the seeds that have an evaluation, or None}."""
+def run_region_shares(study: Study, claim, root: str) -> Dict[str, Optional[float]]:
+    """{run: mean share over the seeds that have an evaluation, or None}, in the claim's order."""
     from aero_jax.reports import newest_head_entropy
 
     out = {}
-    for run in (r for r in study.runs if r.name in (*claim.larger, *claim.smaller)):
+    for run in (next(r for r in study.runs if r.name == name) for name in claim_runs(claim)):
         values = []
         for seed in run.seeds:
             try:
@@ -396,8 +409,23 @@ def pareto_front(points: Sequence[Tuple[str, float, float]]) -> List[str]:
             if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for _, x2, y2 in points)]
 
 
+def trend_verdict(shares: Sequence[Optional[float]]) -> str:
+    """reproduced: strictly growing; not reproduced: never growing; inconclusive otherwise or without data."""
+    if any(v is None for v in shares):
+        return "inconclusive"
+    steps = [b - a for a, b in zip(shares[:-1], shares[1:])]
+    return "reproduced" if all(d > 0 for d in steps) else "not reproduced" if all(d <= 0 for d in steps) else \
+        "inconclusive"
+
+
 def _claim_lines(study: Study, claim, summaries, root: str, out: str) -> List[str]:
     """A claim's table of measured values and its verdict."""
+    if isinstance(claim, TrendClaim):
+        shares = run_region_shares(study, claim, root)
+        return [f"Claimed: the share of heads in [3/4, 1] log T grows along {', '.join(claim.runs)}.", "",
+                "| run | share |", "|---|---|",
+                *[f"| {n} | {'no evaluation' if v is None else f'{v:.1%}'} |" for n, v in shares.items()], "",
+                f"Verdict: **{trend_verdict(list(shares.values()))}**.", ""]
     if isinstance(claim, InstabilityClaim):
         return instability_lines(study, claim, summaries, root)
     if isinstance(claim, SubstituteClaim):

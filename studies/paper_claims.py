@@ -4,7 +4,8 @@ Variants: "" (the embedded dataset, bytes, a small model for a 2-core CPU) and "
 (GPT-2 small on CodeParrot with the released recipe, for a TPU; see docs/runbook_tpu.md).
 """
 
-from aero_jax.study import GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study, SubstituteClaim
+from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study, SubstituteClaim,
+                            TrendClaim)
 
 SMALL = dict(num_layers=4, num_heads=4, d_model=128, d_ff=512, vocab_size=257, max_len=128)
 GPT2_SMALL = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
@@ -35,6 +36,8 @@ CLAIMS = (
              ("SM+ScFuFFN", "SM+ScFuFFN[FFN:L/2]"), max_increase=0.05),
     OrderClaim("5. The entropy regularizer lowers the perplexity of SM(t)+ScFuFFN",
                ("EReg(SM(t)+ScFuFFN)", "SM(t)+ScFuFFN")),
+    TrendClaim("5b. The tolerance gamma controls the share of heads near the maximum entropy", "all_top",
+               ("EReg gamma=0.1", "EReg(SM(t)+ScFuFFN)", "EReg gamma=0.3")),
     SubstituteClaim("7. The LayerNorm substitute: SM+LN+R served without LayerNorm, after a short fine-tune",
                     "SM+LN+R", finetune_steps=200, max_increase=0.05),
 )

@@ -18,7 +18,7 @@ BIN = pathlib.Path(sys.executable).parent
 
 SPEC = """
 from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study,
-                            SubstituteClaim)
+                            SubstituteClaim, TrendClaim)
 
 DATA = {data!r}
 
@@ -30,7 +30,8 @@ def get_study(variant=""):
     claims = (OrderClaim("A before B", ("A", "B")), OrderClaim("B before D", ("B", "D")),
               GapClaim("B near A", "A", ("B",), max_increase=0.5),
               ShareClaim("collapse", "deep_bottom", ("D",), ("B",)), InstabilityClaim("D unstable", "D", "A"),
-              SubstituteClaim("substitute", "A", finetune_steps=2, max_increase=10.0))
+              SubstituteClaim("substitute", "A", finetune_steps=2, max_increase=10.0),
+              TrendClaim("trend", "all_top", ("A", "B", "C")))
     return Study(name="{name}", config="{config}", runs=runs, claims=claims,
                  size=dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
                  train=dict(num_steps=4), differences="Tiny runs for a test.")
@@ -92,6 +93,7 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     assert "| 0 | 1 |" in unstable and "Verdict: **reproduced**" in unstable
     substitute = page.split("### substitute")[1].split("###")[0]
     assert "Verdict: **reproduced**" in substitute and (out / "ln_substitute_a_ft2.json").exists()
+    assert re.search(r"Verdict: \*\*\w[\w ]*\*\*", page.split("### trend")[1])
 
 
 def _study_command(*args):
@@ -138,6 +140,15 @@ def test_region_shares_against_log_t():
     assert study_lib.share_verdict({"a": 0.1, "b": 0.2, "c": 0.3}, claim) == "not reproduced"
     assert study_lib.share_verdict({"a": 0.25, "b": 0.2, "c": 0.3}, claim) == "inconclusive"
     assert study_lib.share_verdict({"a": None, "b": 0.2, "c": 0.3}, claim) == "inconclusive"
+
+
+def test_trend_verdicts():
+    assert study_lib.trend_verdict([0.1, 0.2, 0.3]) == "reproduced"
+    assert study_lib.trend_verdict([0.3, 0.2, 0.2]) == "not reproduced"
+    assert study_lib.trend_verdict([0.1, 0.3, 0.2]) == "inconclusive"
+    assert study_lib.trend_verdict([0.1, None]) == "inconclusive"
+    log_t = np.log(32)
+    assert study_lib.region_share(np.array([[0.9, 0.1], [0.8, 0.2]]) * log_t, "all_top", 32) == pytest.approx(0.5)
 
 
 def test_verdicts_and_the_pareto_front():
