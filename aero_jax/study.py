@@ -444,11 +444,13 @@ def _claim_lines(study: Study, claim, summaries, root: str, out: str) -> List[st
         result = f"**{verdict(measured)}** (each step must hold by more than the seed spread)"
     else:
         measured = claim_perplexity(study, (claim.reference, *claim.variants), summaries)
-        head = f"Claimed: {', '.join(claim.variants)} within {claim.max_increase:.0%} of {claim.reference}'s perplexity."
+        head = (f"Claimed: {', '.join(claim.variants)} within {claim.max_increase:.0%} of {claim.reference}'s "
+                f"perplexity.")
         result = (f"**{gap_verdict(measured[0], measured[1:], claim.max_increase)}** (increases: "
                   f"{', '.join(f'{n} {(m - measured[0][1]) / measured[0][1]:+.1%}' for n, m, _ in measured[1:])})")
     return [head, "", "| run | mean perplexity | spread over seeds |", "|---|---|---|",
-            *[f"| {n} | {m:.3f} | {s:.3f} |" if math.isfinite(m) else f"| {n} | diverged | - |" for n, m, s in measured],
+            *[f"| {n} | {m:.3f} | {s:.3f} |" if math.isfinite(m) else f"| {n} | diverged | - |"
+              for n, m, s in measured],
             "", f"Verdict: {result}.", ""]
 
 

@@ -255,7 +255,8 @@ def test_failures_are_classified_by_kind():
     assert classify(ConfigError("x=1 is invalid")) == (2, "x=1 is invalid")
     assert classify(OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl")) == (
         1, "no space left on device while writing /w/metrics.jsonl")
-    orbax_text = 'RESOURCE_EXHAUSTED: Error writing "p" in OCDBT database at local file "/w/c/8.tmp/": No space left on device'
+    orbax_text = ('RESOURCE_EXHAUSTED: Error writing "p" in OCDBT database at local file "/w/c/8.tmp/": '
+                  'No space left on device')
     assert classify(ValueError(orbax_text)) == (1, "no space left on device while writing /w/c/8.tmp/")
     assert classify(PermissionError(errno.EACCES, "Permission denied", "/w/x"))[0] == 2
     assert classify(KeyError("boom")) == (1, "KeyError: boom")
