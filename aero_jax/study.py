@@ -28,7 +28,7 @@ from etils import epath
 from aero_jax import presets
 from aero_jax.config import ConfigError
 from aero_jax.errors import argparse_main
-from aero_jax.run_config import SIZE_FIELDS, model_section, validate
+from aero_jax.run_config import SIZE_FIELDS, validate, with_preset
 from aero_jax.workdir import make_output_folder, write_text_atomically
 
 STUDY_FILE = "study.json"  # in OUT: which study the folder holds
@@ -187,7 +187,8 @@ def run_config(study: Study, run: RunSpec, seed: int):
     from aero_jax.cli import load_config_file
 
     config = load_config_file(study.config)
-    config.model = model_section(presets.resolve(run.preset), size="tiny", **study.size)
+    # The preset at the study's size, keeping what the config file chose beyond its own preset (e.g. dtype).
+    config.model = with_preset({**dict(config.model), **study.size}, run.preset, file_section=config.model)
     config.seed = seed
     config.train.update(dict(study.train))
     if run.steps:

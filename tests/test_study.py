@@ -128,6 +128,9 @@ def test_the_gpt2_codeparrot_variant_dry_runs():
         str(ROOT / "studies" / "paper_claims.py:gpt2_codeparrot")).runs)
     assert {r["dataset"] for r in runs} == {"codeparrot"} and {r["batch_size"] for r in runs} == {512}
     assert all("--config.model.num_layers=12" in r["command"] for r in runs)
+    study = study_lib.load_study(str(ROOT / "studies" / "paper_claims.py:gpt2_codeparrot"))
+    config = study_lib.run_config(study, study.runs[0], 0)
+    assert config.model.dtype == "bfloat16" and config.model.ereg_rows == 128  # the config file's own choices
 
 
 def test_region_shares_against_log_t():
