@@ -143,7 +143,6 @@ def report(workdirs: List[str], out: str = "") -> Dict[str, str]:
     runs = [load_run(w) for w in workdirs]
     check_same_size(runs)
     _unique_labels(runs)
-    os.makedirs(out, exist_ok=True)
     write_table(table_rows(runs), out)
     paths = write_figures(runs, out)
     return {"table.md": os.path.join(out, "table.md"), "table.csv": os.path.join(out, "table.csv"), **paths}

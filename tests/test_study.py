@@ -1,7 +1,6 @@
 """aero-study end to end on two tiny runs: interrupted, resumed, reported, and its page checked."""
 
 import json
-import os
 import pathlib
 import re
 import subprocess

@@ -52,9 +52,10 @@ def calibration_rows() -> List[dict]:
 
 def fit(rows: List[dict]) -> Dict[str, Dict[str, float]]:
     """{target: {feature: coefficient}}, non-negative, minimising the largest relative error."""
+    row_features = [row_workload(r).features() for r in rows]
     coefficients = {}
     for target, names in TARGET_FEATURES.items():
-        features = np.array([[row_workload(r).features()[f] for f in names] for r in rows], float)
+        features = np.array([[values[f] for f in names] for values in row_features], float)
         scale = features.max(axis=0)
         scale[scale == 0] = 1.0
         y = np.array([r[target] for r in rows])
