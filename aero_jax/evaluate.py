@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import jax
 import ml_collections
@@ -33,18 +33,29 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def restore_run(workdir: str) -> RestoredRun:
-    """The run's config and model, and the state of its newest readable checkpoint."""
+def _restore_target(workdir: str):
+    """(config, model, a state of the right structure, a read-only Checkpointer) of a run directory."""
     config = load_run_config(workdir)
     model, _, optimizer = build(config)
-    directory = str(epath.Path(workdir) / "checkpoints")
     like = create_train_state(model, optimizer, jax.random.key(0))
-    restored = Checkpointer(directory, read_only=True).restore_latest(like)
+    return config, model, like, Checkpointer(str(epath.Path(workdir) / "checkpoints"), read_only=True)
+
+
+def restore_run(workdir: str) -> RestoredRun:
+    """The run's config and model, and the state of its newest readable checkpoint."""
+    config, model, like, checkpointer = _restore_target(workdir)
+    restored = checkpointer.restore_latest(like)
     if restored is None:
-        raise ConfigError(f"workdir {workdir} has no readable checkpoint in {directory}; accepted: a run "
+        raise ConfigError(f"workdir {workdir} has no readable checkpoint in {workdir}/checkpoints; accepted: a run "
                           f"directory with at least one saved step")
     step, state, _ = restored
     return RestoredRun(config, model, step, jax.device_get(state))
+
+
+def saved_params(workdir: str) -> List[Tuple[int, dict]]:
+    """(step, parameters) of every kept checkpoint, oldest first: how a learned quantity moved in training."""
+    _, _, like, checkpointer = _restore_target(workdir)
+    return [(step, jax.device_get(checkpointer.restore(step, like)[0].params)) for step in checkpointer.steps()]
 
 
 def run_data(config: ml_collections.ConfigDict, seq_len: int):

@@ -40,7 +40,8 @@ def heatmaps(matrices: Dict[str, np.ndarray], *, title: str, value_label: str, f
     return fig
 
 
-def range_shares(shares: Dict[str, np.ndarray], *, title: str):
+def range_shares(shares: Dict[str, np.ndarray], *, title: str,
+                 legend_title: str = "entropy range (M: largest head entropy)"):
     """Share of heads in each entropy range, one bar group per run."""
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(shares), 3.8))
     width = 0.8 / len(RANGE_LABELS)
@@ -48,7 +49,7 @@ def range_shares(shares: Dict[str, np.ndarray], *, title: str):
         values = [100 * np.asarray(s)[i] for s in shares.values()]
         ax.bar(np.arange(len(shares)) + (i - 1.5) * width, values, width, label=label)
     ax.set(xticks=range(len(shares)), xticklabels=list(shares), ylabel="share of heads (%)", title=title)
-    ax.legend(title="entropy range (M: largest head entropy)", fontsize=7)
+    ax.legend(title=legend_title, fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -81,6 +82,52 @@ def temperature_summary(temperatures: Dict[str, np.ndarray], *, title: str):
                xticks=layers)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def validation_curves(curves: Dict[str, List[Tuple[List[int], List[float]]]], *, title: str):
+    """Validation perplexity over training, one line per run: the mean over its seeds, the range shaded."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    for label, seeds in curves.items():
+        length = min(len(steps) for steps, _ in seeds)
+        steps = np.asarray(seeds[0][0][:length])
+        values = np.asarray([v[:length] for _, v in seeds], float)
+        line, = ax.plot(steps, values.mean(0), marker="o", markersize=3, label=label)
+        if len(seeds) > 1:
+            ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="training step", ylabel="validation perplexity", yscale="log", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def temperature_evolution(snapshots: Dict[int, np.ndarray], *, title: str):
+    """Learned temperatures over training: one panel per layer, t (mean over heads) against the query position,
+    one line per saved step."""
+    steps = sorted(snapshots)
+    num_layers = np.asarray(snapshots[steps[0]]).shape[0]
+    fig, axes = _side_by_side(num_layers, width=4.0, height=3.5)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(steps)))
+    for layer, ax in enumerate(axes):
+        for step, color in zip(steps, colors):
+            t_HxT = np.asarray(snapshots[step], float)[layer]
+            ax.plot(np.arange(t_HxT.shape[1]), t_HxT.mean(0), color=color, label=f"step {step}")
+        ax.set(title=f"layer {layer}", xlabel="query position", ylabel="t (mean over heads)", yscale="log")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def bars(values: Dict[str, float], *, title: str, value_label: str):
+    """One labelled bar per entry, its value printed on top."""
+    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * len(values), 3.8))
+    positions = np.arange(len(values))
+    ax.bar(positions, list(values.values()), color="C0")
+    for x, value in zip(positions, values.values()):
+        ax.annotate(f"{value:.3f}", (x, value), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    ax.set(xticks=positions, xticklabels=list(values), ylabel=value_label, title=title)
     fig.tight_layout()
     return fig
 

@@ -5,9 +5,9 @@
 A spec file's `get_study(variant)` returns a `Study`: a config file, the size every run shares,
 the runs (preset, seeds, steps, config overrides) and the perplexity-order claims to test. Each
 run is an ordinary workdir (`DIR/<run slug>-seed<k>`, default DIR `workdirs/<study>`), so rerunning
-the command resumes the run that was interrupted and skips the finished ones. Then `aero-report`
-over all runs writes its table and figures to OUT/report, and the page OUT.md is written from
-the runs' own files: no number on it is typed by hand.
+the command resumes the run that was interrupted and skips the finished ones. Then the page OUT.md
+is written from the runs' own files, each claim with its verdict and its figures (drawn with
+aero-report's figure functions, in OUT): no number on it is typed by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import glob
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from etils import epath
 from aero_jax import presets
 from aero_jax.config import ConfigError
 from aero_jax.errors import argparse_main
-from aero_jax.run_config import SIZE_FIELDS, validate, with_preset
+from aero_jax.run_config import SIZE_FIELDS, model_config_from, validate, with_preset
 from aero_jax.workdir import make_output_folder, write_text_atomically
 
 STUDY_FILE = "study.json"  # in OUT: which study the folder holds
@@ -117,12 +118,24 @@ class SubstituteClaim:
 
 
 @dataclasses.dataclass(frozen=True)
+class TemperatureClaim:
+    """The learnable temperatures do what the papers describe (t > 1 spreads attention, t < 1 sharpens it):
+    across the heads of `run`, the mean log t and the head's attention entropy rise together (Spearman's
+    rank correlation, positive at p < 0.05 in every seed). The page plots t over training from every kept
+    checkpoint (the study should keep them all: train.keep_checkpoints)."""
+
+    title: str
+    run: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
     name: str
     config: str  # a config file as --config names it, e.g. "configs/default.py"
     size: Mapping[str, int]  # every SIZE_FIELDS value, shared by all runs
     runs: Tuple[RunSpec, ...]
-    claims: Tuple[Union[OrderClaim, GapClaim, ShareClaim, TrendClaim, InstabilityClaim, SubstituteClaim], ...] = ()
+    claims: Tuple[Union[OrderClaim, GapClaim, ShareClaim, TrendClaim, InstabilityClaim, SubstituteClaim,
+                       TemperatureClaim], ...] = ()
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # train.* for every run
     differences: str = ""  # what differs from the papers and why, for the page
 
@@ -165,6 +178,11 @@ def check_study(study: Study) -> None:
         unknown = [n for n in named if n not in names]
         if unknown:
             raise ConfigError(f"claim {claim.title!r} names runs {', '.join(unknown)}; accepted: {', '.join(names)}")
+        if isinstance(claim, TemperatureClaim):
+            preset = presets.resolve(next(r.preset for r in study.runs if r.name == claim.run))
+            if not presets.model_config(preset, size="tiny", **study.size).learnable_temperature:
+                raise ConfigError(f"claim {claim.title!r}: run {claim.run} ({preset}) has no learnable temperature; "
+                                  f"accepted: a run of an SM(t) preset")
 
 
 def claim_runs(claim) -> Tuple[str, ...]:
@@ -238,8 +256,12 @@ def _train_or_diverge(config, workdir: str) -> dict:
 
 
 def run_all(study: Study, root: str) -> Dict[Tuple[str, int], dict]:
-    """Train every run and seed not yet finished, in order; {(run, seed): summary}."""
-    jobs = [(run, seed) for run in study.runs for seed in run.seeds]
+    """Train every run and seed not yet finished, first seeds first; {(run, seed): summary}.
+
+    Seed-major order: a study stopped part-way has every architecture once before any second seed.
+    """
+    jobs = [(run, seed) for seed in sorted({s for run in study.runs for s in run.seeds})
+            for run in study.runs if seed in run.seeds]
     summaries = {}
     for index, (run, seed) in enumerate(jobs, start=1):
         config = run_config(study, run, seed)
@@ -364,18 +386,74 @@ def instability_lines(study: Study, claim: InstabilityClaim, summaries, root: st
             "|---|---|---|---|---|", *rows, "", f"Verdict: **{result}**.", ""]
 
 
-def substitute_lines(study: Study, claim: SubstituteClaim, root: str, out: str) -> List[str]:
-    """The LayerNorm substitute of `claim.run`'s first seed (computed once, kept in OUT), and its verdict."""
-    from aero_jax.ln_substitute import substitute_report
+def temperature_snapshots(workdir: str) -> Dict[int, np.ndarray]:
+    """{step: t [layers, heads, positions]} from the initial value and every kept checkpoint of a run."""
+    from aero_jax.evaluate import load_run_config, saved_params
+    from aero_jax.model import temperatures
+
+    model_config = model_config_from(load_run_config(workdir).model)
+    snapshots = {0: np.full((model_config.num_layers, model_config.num_heads, model_config.max_len),
+                            model_config.temperature_init)}
+    for step, params in saved_params(workdir):
+        snapshots[step] = np.stack([np.asarray(temperatures(params[f"block_{layer}"]["attn"], model_config))
+                                    for layer in range(model_config.num_layers)])
+    return snapshots
+
+
+def temperature_entropy_correlation(t_LxHxT: np.ndarray, entropy_LxH: np.ndarray) -> Tuple[float, float]:
+    """Spearman's rank correlation (and its p-value) between each head's mean log t and its entropy."""
+    from scipy.stats import spearmanr
+
+    result = spearmanr(np.log(t_LxHxT).mean(-1).ravel(), np.asarray(entropy_LxH).ravel())
+    return float(result.statistic), float(result.pvalue)
+
+
+def temperature_lines(study: Study, claim: TemperatureClaim, root: str) -> List[str]:
+    """The claim's table (mean t per layer at every saved step, the correlation per seed) and verdict."""
+    from aero_jax.reports import newest_head_entropy
 
     run = next(r for r in study.runs if r.name == claim.run)
+    correlations, snapshots = [], {}
+    for seed in run.seeds:
+        workdir = workdir_of(root, run, seed)
+        snapshots[seed] = temperature_snapshots(workdir)
+        correlations.append((seed, *temperature_entropy_correlation(snapshots[seed][max(snapshots[seed])],
+                                                                    newest_head_entropy(workdir))))
+    positive = [rho > 0 and p < 0.05 for _, rho, p in correlations]
+    negative = [rho < 0 and p < 0.05 for _, rho, p in correlations]
+    result = "reproduced" if all(positive) else "not reproduced" if any(negative) else "inconclusive"
+    first = snapshots[run.seeds[0]]
+    layers = first[0].shape[0]
+    return [f"Claimed: t > 1 spreads a head's attention and t < 1 sharpens it, so across the heads of {claim.run} "
+             f"the mean log t and the attention entropy rise together.", "",
+             f"Mean t over heads and positions, seed {run.seeds[0]}, at each kept checkpoint (step 0: the initial "
+             f"value); min-max over heads and positions in brackets:", "",
+             "| step | " + " | ".join(f"layer {layer}" for layer in range(layers)) + " |",
+             "|---|" + "---|" * layers,
+             *[f"| {step} | " + " | ".join(f"{t[layer].mean():.4g} [{t[layer].min():.4g}, {t[layer].max():.4g}]"
+                                           for layer in range(layers)) + " |" for step, t in sorted(first.items())],
+             "", "| seed | Spearman correlation of mean log t and head entropy | p-value |", "|---|---|---|",
+             *[f"| {seed} | {rho:+.3f} | {p:.3g} |" for seed, rho, p in correlations], "",
+             f"Verdict: **{result}** (a positive correlation at p < 0.05 in every seed).", ""]
+
+
+def substitute_result(study: Study, claim: SubstituteClaim, root: str, out: str) -> dict:
+    """aero-ln-substitute's result for `claim.run`'s first seed, computed once and kept in OUT."""
+    from aero_jax.ln_substitute import substitute_report
+
+    run = run_named(study, claim.run)
     cached = os.path.join(out, f"ln_substitute_{presets.slug(run.name)}_ft{claim.finetune_steps}.json")
     if os.path.exists(cached):
         with open(cached) as f:
-            result = json.load(f)
-    else:
-        result = substitute_report(workdir_of(root, run, run.seeds[0]), finetune_steps=claim.finetune_steps)
-        write_text_atomically(epath.Path(cached), json.dumps(result, indent=1))
+            return json.load(f)
+    result = substitute_report(workdir_of(root, run, run.seeds[0]), finetune_steps=claim.finetune_steps)
+    write_text_atomically(epath.Path(cached), json.dumps(result, indent=1))
+    return result
+
+
+def substitute_lines(study: Study, claim: SubstituteClaim, root: str, out: str) -> List[str]:
+    """The LayerNorm substitute's perplexities and communication saved, and the verdict."""
+    result = substitute_result(study, claim, root, out)
     before = result["perplexity_with_layernorm"]
     after = result.get("perplexity_substitute_finetuned", result["perplexity_folded"])
     saved = result["pi_cost_with_layernorm"]["comm_gb"] / result["pi_cost_substitute"]["comm_gb"]
@@ -388,6 +466,73 @@ def substitute_lines(study: Study, claim: SubstituteClaim, root: str, out: str) 
             f"| {before:.3f} | {result['perplexity_substitute']:.3f} | {result['perplexity_folded']:.3f} | "
             f"{after:.3f} | {saved:.2f}x at this size |", "",
             f"Verdict: **{verdict_text}** ({increase:+.1%}).", ""]
+
+
+# -- the figures of a claim -----------------------------------------------------------------------------
+
+def run_named(study: Study, name: str) -> RunSpec:
+    return next(r for r in study.runs if r.name == name)
+
+
+def metric_series(workdir: str, kind: str, key: str) -> Tuple[List[int], List]:
+    """(steps, values) of one metric of a run's metrics.jsonl records of a kind ("train" or "eval")."""
+    from aero_jax.run_log import read_metrics
+
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return [], []
+    records = [r for r in read_metrics(workdir) if r["kind"] == kind and r.get(key) is not None]
+    return [r["step"] for r in records], [r[key] for r in records]
+
+
+def per_layer_series(workdirs: Mapping[str, str], metric: str) -> Dict[str, Tuple[List[int], np.ndarray]]:
+    """{run: (steps, values [steps, layers])} of a per-layer training metric, for the runs that logged it."""
+    series = {name: metric_series(workdir, "train", metric) for name, workdir in workdirs.items()}
+    return {name: (steps, np.asarray(values)) for name, (steps, values) in series.items() if steps}
+
+
+def claim_figures(study: Study, claim, root: str, out: str, key: str) -> List[str]:
+    """The figures that show a claim, drawn from the runs' files with aero-report's figure functions and
+    written to OUT/<key>_<figure>.png; their paths."""
+    from aero_jax import figures as figure_lib
+    from aero_jax.entropy import entropy_range_shares
+    from aero_jax.reports import newest_head_entropy
+
+    runs = [run_named(study, name) for name in claim_runs(claim)]
+    first = {run.name: workdir_of(root, run, run.seeds[0]) for run in runs}
+    made = {}
+    if isinstance(claim, (OrderClaim, GapClaim, InstabilityClaim)):
+        curves = {run.name: [c for c in (metric_series(workdir_of(root, run, seed), "eval", "perplexity")
+                                         for seed in run.seeds) if c[0]] for run in runs}
+        made["validation"] = figure_lib.validation_curves({n: c for n, c in curves.items() if c},
+                                                          title="Validation perplexity (mean over seeds, range shaded)")
+    if isinstance(claim, InstabilityClaim):
+        for metric, what in (("nonfinite_attention", "Non-finite attention probabilities per layer"),
+                             ("layer_entropy", "Mean attention entropy of each layer during training")):
+            made[metric] = figure_lib.per_layer_curves(per_layer_series(first, metric), title=what,
+                                                       value_label=metric.replace("_", " "))
+    if isinstance(claim, (ShareClaim, TrendClaim)):
+        evaluated = {n: w for n, w in first.items() if glob.glob(os.path.join(w, "eval", "head_entropy_step*.npy"))}
+        entropy = {n: newest_head_entropy(w) for n, w in evaluated.items()}
+        made["entropy_ranges"] = figure_lib.range_shares(
+            {n: entropy_range_shares(e, max_reference="log_t", seq_len=study.size["max_len"])
+             for n, e in entropy.items()}, title="Share of heads per entropy range (newest evaluation, first seed)",
+            legend_title="entropy range (M = log T)")
+        made["head_entropy"] = figure_lib.heatmaps(entropy, value_label="entropy (nats)",
+                                                   title="Attention entropy of each head (newest evaluation)")
+        made["layer_entropy"] = figure_lib.per_layer_curves(
+            per_layer_series(evaluated, "layer_entropy"), title="Mean attention entropy of each layer during training",
+            value_label="entropy (nats)")
+    if isinstance(claim, TemperatureClaim):
+        made["temperatures"] = figure_lib.temperature_evolution(
+            temperature_snapshots(first[claim.run]), title=f"{claim.run}, first seed: learned temperature t")
+    if isinstance(claim, SubstituteClaim):
+        result = substitute_result(study, claim, root, out)
+        made["substitute"] = figure_lib.bars(
+            {"with LayerNorm": result["perplexity_with_layernorm"],
+             "substitute": result["perplexity_substitute"], "folded": result["perplexity_folded"],
+             "fine-tuned": result.get("perplexity_substitute_finetuned", result["perplexity_folded"])},
+            title=f"{claim.run}: the LayerNorm substitute", value_label="validation perplexity")
+    return [figure_lib.save(fig, os.path.join(out, f"{key}_{name}.png")) for name, fig in made.items()]
 
 
 # -- the page ---------------------------------------------------------------------------------------
@@ -431,6 +576,8 @@ def _claim_lines(study: Study, claim, summaries, root: str, out: str) -> List[st
         return instability_lines(study, claim, summaries, root)
     if isinstance(claim, SubstituteClaim):
         return substitute_lines(study, claim, root, out)
+    if isinstance(claim, TemperatureClaim):
+        return temperature_lines(study, claim, root)
     if isinstance(claim, ShareClaim):
         shares = run_region_shares(study, claim, root)
         what = ("heads of the first half of the layers in [3/4, 1] log T" if claim.region == "early_top" else
@@ -455,8 +602,8 @@ def _claim_lines(study: Study, claim, summaries, root: str, out: str) -> List[st
             "", f"Verdict: {result}.", ""]
 
 
-def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], command: str, root: str) -> str:
-    """OUT.md: the runs' table with PI columns, the claims with their verdicts, the figures."""
+def write_page(study: Study, summaries, out: str, command: str, root: str) -> str:
+    """OUT.md: the runs' table with PI columns, the validation curves, the claims with their verdicts and figures."""
     from aero_jax import figures as figure_lib
 
     page = out.rstrip("/") + ".md"
@@ -477,6 +624,15 @@ def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], co
     front = pareto_front(points)
     trade_off = figure_lib.save(figure_lib.trade_off(points, front, x_label="communication, GPT-2 small T=128 (GB)"),
                                 os.path.join(out, "trade_off.png"))
+    curves = {run.name: [c for c in (metric_series(workdir_of(root, run, seed), "eval", "perplexity")
+                                     for seed in run.seeds) if c[0]] for run in study.runs}
+    validation = figure_lib.save(figure_lib.validation_curves(
+        {n: c for n, c in curves.items() if c}, title="Validation perplexity of every run (mean over seeds)"),
+        os.path.join(out, "validation.png"))
+
+    def link(path: str) -> str:
+        return os.path.relpath(path, os.path.dirname(page) or ".")
+
     size = ", ".join(f"{f}={study.size[f]}" for f in SIZE_FIELDS)
     lines = [f"# {study.name}: the papers' claims, tested by our own runs", "",
              f"Made by `{command}` on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
@@ -486,13 +642,13 @@ def write_page(study: Study, summaries, out: str, figures: Mapping[str, str], co
              "| run | architecture | seeds | steps | validation perplexity (mean ± half range) | nonlinear ops | "
              "comm GB | latency min | comm saving | comm GB, GPT-2 small | latency min, GPT-2 small | "
              "comm saving, GPT-2 small |", "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-             f"![perplexity against communication]({os.path.relpath(trade_off, os.path.dirname(page) or '.')})", "",
+             f"![perplexity against communication]({link(trade_off)})", "",
              f"Pareto front (no other run has both lower communication and lower perplexity): {', '.join(front)}.",
-             "", "## Claims", ""]
-    for claim in study.claims:
+             "", f"![validation perplexity of every run]({link(validation)})", "", "## Claims", ""]
+    for index, claim in enumerate(study.claims, start=1):
         lines += [f"### {claim.title}", ""] + _claim_lines(study, claim, summaries, root, out)
-    lines += ["## Figures", "", *[f"![{name}]({os.path.relpath(path, os.path.dirname(page) or '.')})"
-                                  for name, path in figures.items() if path.endswith(".png")], ""]
+        lines += [f"![{os.path.basename(path)}]({link(path)})" for path in
+                  claim_figures(study, claim, root, out, f"claim{index}")] + [""]
     if study.differences:
         lines += ["## What differs from the papers and why", "", study.differences.strip(), ""]
     write_text_atomically(epath.Path(page), "\n".join(lines))
@@ -530,14 +686,9 @@ def _run(args) -> None:
         return
     claim_out_folder(args.out, study)
     summaries = run_all(study, root)
-    from aero_jax.reports import report
-
-    workdirs = [workdir_of(root, run, seed) for run in study.runs for seed in run.seeds
-                if "diverged" not in summaries[(run.name, seed)]]
-    figures = report(workdirs, os.path.join(args.out, "report"))
     command = " ".join(["aero-study", *sys.argv[1:]]) if sys.argv[0].endswith("aero-study") else \
         f"aero-study --spec {args.spec} --out {args.out}"
-    print(f"written: {write_page(study, summaries, args.out, figures, command, root)}")
+    print(f"written: {write_page(study, summaries, args.out, command, root)}")
 
 
 def _override_flags(study: Study, run: RunSpec, seed: int) -> str:

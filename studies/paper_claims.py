@@ -5,7 +5,7 @@ Variants: "" (the embedded dataset, bytes, a small model for a 2-core CPU) and "
 """
 
 from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study, SubstituteClaim,
-                            TrendClaim)
+                            TemperatureClaim, TrendClaim)
 
 SMALL = dict(num_layers=4, num_heads=4, d_model=128, d_ff=512, vocab_size=257, max_len=128)
 GPT2_SMALL = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
@@ -13,7 +13,9 @@ TWO_SEEDS = (0, 1)
 
 
 def _runs():
-    ablation = [RunSpec(name, name, seeds=TWO_SEEDS) for name in ("SM+LN+G", "SM+LN+R", "SM+R", "SM+G", "SM+LN")]
+    # Two seeds where the papers' gap is a few percent, so seed noise could flip it; one elsewhere.
+    ablation = [RunSpec(name, name, seeds=TWO_SEEDS if name in ("SM+LN+G", "SM+LN+R") else (0,))
+                for name in ("SM+LN+G", "SM+LN+R", "SM+R", "SM+G", "SM+LN")]
     fixes = [RunSpec(name, name) for name in ("SM", "SM+WNorm(QK+FFN)", "SM+SNorm(QK+FFN)")]
     ffn = [RunSpec(name, name, seeds=TWO_SEEDS) for name in ("SM+ScFFN", "SM+ScFuFFN", "SM+ScFuFFN[FFN:L/2]")]
     ereg = [RunSpec("SM(t)+ScFuFFN", "SM(t)+ScFuFFN", seeds=TWO_SEEDS),
@@ -38,6 +40,10 @@ CLAIMS = (
                ("EReg(SM(t)+ScFuFFN)", "SM(t)+ScFuFFN")),
     TrendClaim("5b. The tolerance gamma controls the share of heads near the maximum entropy", "all_top",
                ("EReg gamma=0.1", "EReg(SM(t)+ScFuFFN)", "EReg gamma=0.3")),
+    TemperatureClaim("6a. Learnable temperatures (SM(t)+ScFuFFN): t spreads or sharpens each head as described",
+                     "SM(t)+ScFuFFN"),
+    TemperatureClaim("6b. Learnable temperatures under the entropy regularizer (EReg(SM(t)+ScFuFFN))",
+                     "EReg(SM(t)+ScFuFFN)"),
     SubstituteClaim("7. The LayerNorm substitute: SM+LN+R served without LayerNorm, after a short fine-tune",
                     "SM+LN+R", finetune_steps=200, max_increase=0.05),
 )
@@ -59,4 +65,5 @@ def get_study(variant: str = "") -> Study:
     if variant:
         raise ValueError(f"unknown variant {variant!r} of studies/paper_claims.py; accepted: gpt2_codeparrot")
     return Study(name="paper_claims", config="configs/default.py", size=SMALL, runs=_runs(), claims=CLAIMS,
-                 train=dict(num_steps=1000, eval_every=500, checkpoint_every=500), differences=DIFFERENCES)
+                 train=dict(num_steps=1000, eval_every=250, checkpoint_every=250, keep_checkpoints=8),
+                 differences=DIFFERENCES)

@@ -17,7 +17,7 @@ BIN = pathlib.Path(sys.executable).parent
 
 SPEC = """
 from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study,
-                            SubstituteClaim, TrendClaim)
+                            SubstituteClaim, TemperatureClaim, TrendClaim)
 
 DATA = {data!r}
 
@@ -25,15 +25,16 @@ DATA = {data!r}
 def get_study(variant=""):
     runs = (RunSpec("A", "SM+LN+G", seeds=(0, 1), overrides=DATA), RunSpec("B", "{second}", overrides=DATA),
             RunSpec("{third_name}", "SM+R", overrides=DATA),
-            RunSpec("D", "SM", overrides=dict(DATA, **{{"optim.peak_lr": 1e6}})))
+            RunSpec("D", "SM", overrides=dict(DATA, **{{"optim.peak_lr": 1e6}})),
+            RunSpec("E", "SM(t)+ScFuFFN", overrides=DATA))
     claims = (OrderClaim("A before B", ("A", "B")), OrderClaim("B before D", ("B", "D")),
               GapClaim("B near A", "A", ("B",), max_increase=0.5),
               ShareClaim("collapse", "deep_bottom", ("D",), ("B",)), InstabilityClaim("D unstable", "D", "A"),
               SubstituteClaim("substitute", "A", finetune_steps=2, max_increase=10.0),
-              TrendClaim("trend", "all_top", ("A", "B", "C")))
+              TrendClaim("trend", "all_top", ("A", "B", "C")), TemperatureClaim("temperatures", "E"))
     return Study(name="{name}", config="{config}", runs=runs, claims=claims,
                  size=dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
-                 train=dict(num_steps=4), differences="Tiny runs for a test.")
+                 train=dict(num_steps=4, checkpoint_every=2, keep_checkpoints=4), differences="Tiny runs for a test.")
 """
 
 
@@ -93,6 +94,10 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     substitute = page.split("### substitute")[1].split("###")[0]
     assert "Verdict: **reproduced**" in substitute and (out / "ln_substitute_a_ft2.json").exists()
     assert re.search(r"Verdict: \*\*\w[\w ]*\*\*", page.split("### trend")[1])
+    temperatures = page.split("### temperatures")[1]
+    steps = [int(row.split("|")[1]) for row in temperatures.splitlines() if re.match(r"\| \d+ \| \d", row)]
+    assert steps == [0, 2, 4]  # the initial value and every kept checkpoint
+    assert "| 0 | 0.01 [0.01, 0.01] |" in temperatures and "claim8_temperatures.png" in temperatures  # the init
 
 
 def _study_command(*args):
@@ -158,3 +163,19 @@ def test_verdicts_and_the_pareto_front():
     assert study_lib.verdict([("a", 3.0, 0.1), ("b", 2.0, 0.1)]) == "not reproduced"
     assert study_lib.verdict([("a", 2.0, 0.5), ("b", 2.2, 0.5)]) == "inconclusive"
     assert study_lib.pareto_front([("x", 1, 5), ("y", 2, 4), ("z", 3, 6)]) == ["x", "y"]
+
+
+def test_a_temperature_claim_needs_a_run_with_learnable_temperatures():
+    size = dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32)
+    study = study_lib.Study(name="x", config="configs/default.py", size=size, runs=(study_lib.RunSpec("A", "SM+LN+G"),),
+                            claims=(study_lib.TemperatureClaim("t", "A"),))
+    with pytest.raises(study_lib.ConfigError, match="run A .SM.LN.G. has no learnable temperature"):
+        study_lib.check_study(study)
+
+
+def test_temperature_entropy_correlation_reads_mean_log_t_per_head():
+    t = np.exp(np.arange(6.0).reshape(2, 3, 1) * np.ones((1, 1, 4)))  # mean log t of head (l, h) = 3l + h
+    rho, _ = study_lib.temperature_entropy_correlation(t, np.arange(6.0).reshape(2, 3))
+    assert rho == pytest.approx(1.0)
+    rho, _ = study_lib.temperature_entropy_correlation(t, -np.arange(6.0).reshape(2, 3))
+    assert rho == pytest.approx(-1.0)
