@@ -138,6 +138,7 @@ class Study:
                        TemperatureClaim], ...] = ()
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # train.* for every run
     differences: str = ""  # what differs from the papers and why, for the page
+    headline: Tuple[str, ...] = ()  # (baseline run, run): the page opens with the run's saving at its perplexity
 
 
 # -- the spec -------------------------------------------------------------------------------------
@@ -170,6 +171,9 @@ def check_study(study: Study) -> None:
     if missing:
         raise ConfigError(f"study {study.name} size lacks {', '.join(missing)}; accepted: every one of "
                           f"{', '.join(SIZE_FIELDS)}")
+    if study.headline and (len(study.headline) != 2 or not set(study.headline) <= set(names)):
+        raise ConfigError(f"study {study.name}: headline={study.headline} is invalid; accepted: (baseline run, run) "
+                          f"among {', '.join(names)}")
     for claim in study.claims:
         named = claim_runs(claim)
         if isinstance(claim, (ShareClaim, TrendClaim)) and claim.region not in ENTROPY_REGIONS:
@@ -602,22 +606,41 @@ def _claim_lines(study: Study, claim, summaries, root: str, out: str) -> List[st
             "", f"Verdict: {result}.", ""]
 
 
+def last_interval_change(workdir: str) -> Optional[float]:
+    """Relative change of the validation perplexity between a run's last two evaluations: is it still falling?"""
+    _, perplexity = metric_series(workdir, "eval", "perplexity")
+    return perplexity[-1] / perplexity[-2] - 1 if len(perplexity) > 1 else None
+
+
+def headline(study: Study, summaries, costs: Mapping[str, dict]) -> str:
+    """One sentence: the headline run's communication saving against the baseline at its perplexity."""
+    baseline, run = study.headline
+    (_, base, _), (_, mean, _) = claim_perplexity(study, [baseline, run], summaries)
+    saving = costs[baseline]["paper_comm"] / costs[run]["paper_comm"]
+    return (f"Headline: {run} needs {saving:.1f}x less communication than {baseline} (GPT-2 small, T=128, the PI "
+            f"cost model) at validation perplexity {mean:.3f} against {base:.3f} ({mean / base - 1:+.1%}) here.")
+
+
 def write_page(study: Study, summaries, out: str, command: str, root: str) -> str:
     """OUT.md: the runs' table with PI columns, the validation curves, the claims with their verdicts and figures."""
     from aero_jax import figures as figure_lib
 
     page = out.rstrip("/") + ".md"
     rows, points = [], []
+    costs = {run.name: pi_columns(study, run) for run in study.runs}
     for run in study.runs:
         (_, mean, spread), = claim_perplexity(study, [run.name], summaries)
         first = summaries[(run.name, run.seeds[0])]
         diverged = [s for s in run.seeds if "diverged" in summaries[(run.name, s)]]
-        cost = pi_columns(study, run)
+        cost = costs[run.name]
+        changes = [c for c in (last_interval_change(workdir_of(root, run, seed)) for seed in run.seeds)
+                   if c is not None]
         perplexity = (f"diverged (seed {', '.join(map(str, diverged))}; step "
                       f"{', '.join(str(summaries[(run.name, s)]['step']) for s in diverged)})" if diverged else
                       f"{mean:.3f}" + (f" ± {spread / 2:.3f}" if len(run.seeds) > 1 else ""))
         rows.append(f"| {run.name} | {first['architecture']} | {len(run.seeds)} | {first['step']} | {perplexity} | "
-                    f"{cost['ops']} | {cost['comm']:.3f} | {cost['latency']:.3f} | {cost['comm_saving']:.2f}x | "
+                    f"{f'{np.mean(changes):+.1%}' if changes and not diverged else '-'} | {cost['ops']} | "
+                    f"{cost['comm']:.3f} | {cost['latency']:.3f} | {cost['comm_saving']:.2f}x | "
                     f"{cost['paper_comm']:.2f} | {cost['paper_latency']:.2f} | {cost['paper_comm_saving']:.2f}x |")
         if not diverged:
             points.append((run.name, cost["paper_comm"], mean))
@@ -638,10 +661,12 @@ def write_page(study: Study, summaries, out: str, command: str, root: str) -> st
              f"Made by `{command}` on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
              f"Python {platform.python_version()}), {datetime.date.today().isoformat()}. Every number below is "
              f"read from the runs' `summary.json` and the PI cost model; rerun the command to regenerate it.", "",
-             f"Config `{study.config}` at {size}.", "", "## Runs", "",
-             "| run | architecture | seeds | steps | validation perplexity (mean ± half range) | nonlinear ops | "
-             "comm GB | latency min | comm saving | comm GB, GPT-2 small | latency min, GPT-2 small | "
-             "comm saving, GPT-2 small |", "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             f"Config `{study.config}` at {size}.", "",
+             *([headline(study, summaries, costs), ""] if study.headline else []), "## Runs", "",
+             "| run | architecture | seeds | steps | validation perplexity (mean ± half range) | change over the last "
+             "evaluation interval | nonlinear ops | comm GB | latency min | comm saving | comm GB, GPT-2 small | "
+             "latency min, GPT-2 small | comm saving, GPT-2 small |", "|---" * 13 + "|",
+             *rows, "",
              f"![perplexity against communication]({link(trade_off)})", "",
              f"Pareto front (no other run has both lower communication and lower perplexity): {', '.join(front)}.",
              "", f"![validation perplexity of every run]({link(validation)})", "", "## Claims", ""]

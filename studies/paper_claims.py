@@ -10,6 +10,7 @@ from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, Sha
 SMALL = dict(num_layers=4, num_heads=4, d_model=128, d_ff=512, vocab_size=257, max_len=128)
 GPT2_SMALL = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
 TWO_SEEDS = (0, 1)
+HEADLINE = ("SM+LN+G", "EReg(SM(t)+ScFuFFN)")  # the baseline and the papers' final model
 
 
 def _runs():
@@ -61,9 +62,10 @@ def get_study(variant: str = "") -> Study:
     if variant == "gpt2_codeparrot":
         return Study(name="paper_claims_gpt2_codeparrot", config="configs/gpt2_codeparrot.py:sm_ln_g",
                      size=GPT2_SMALL, runs=_runs(), claims=CLAIMS,
-                     differences="The papers' setting: GPT-2 small on CodeParrot, the released recipe.")
+                     differences="The papers' setting: GPT-2 small on CodeParrot, the released recipe.",
+                     headline=HEADLINE)
     if variant:
         raise ValueError(f"unknown variant {variant!r} of studies/paper_claims.py; accepted: gpt2_codeparrot")
     return Study(name="paper_claims", config="configs/default.py", size=SMALL, runs=_runs(), claims=CLAIMS,
                  train=dict(num_steps=1000, eval_every=250, checkpoint_every=250, keep_checkpoints=8),
-                 differences=DIFFERENCES)
+                 differences=DIFFERENCES, headline=HEADLINE)

@@ -34,7 +34,8 @@ def get_study(variant=""):
               TrendClaim("trend", "all_top", ("A", "B", "C")), TemperatureClaim("temperatures", "E"))
     return Study(name="{name}", config="{config}", runs=runs, claims=claims,
                  size=dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
-                 train=dict(num_steps=4, checkpoint_every=2, keep_checkpoints=4), differences="Tiny runs for a test.")
+                 train=dict(num_steps=4, checkpoint_every=2, keep_checkpoints=4), differences="Tiny runs for a test.",
+                 headline=("A", "B"))
 """
 
 
@@ -81,7 +82,7 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
         path = tmp_path / image
         assert path.exists() and path.stat().st_size > 1000, image
-    assert "Tiny runs for a test." in page and "Pareto front" in page
+    assert "Tiny runs for a test." in page and "Pareto front" in page and "Headline: B needs" in page
     row_d = next(line for line in page.splitlines() if line.startswith("| D |"))
     assert "diverged (seed 0; step" in row_d and (workdirs / "d-seed0" / "diverged.json").exists()
     b_before_d = page.split("### B before D")[1].split("###")[0]
