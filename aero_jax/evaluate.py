@@ -52,6 +52,26 @@ def restore_run(workdir: str) -> RestoredRun:
     return RestoredRun(config, model, step, jax.device_get(state))
 
 
+def restore_step(workdir: str, step: int = 0) -> RestoredRun:
+    """The run at exactly one saved step (0: the newest); a missing or damaged step is one clear error, never a
+    silent fall-back to another."""
+    config, model, like, checkpointer = _restore_target(workdir)
+    steps = checkpointer.steps()
+    if not steps:
+        raise ConfigError(f"workdir {workdir} has no checkpoint in {workdir}/checkpoints; accepted: a run directory "
+                          f"with at least one saved step")
+    step = step or steps[-1]
+    if step not in steps:
+        raise ConfigError(f"step {step} has no checkpoint in {workdir}; accepted: {', '.join(map(str, steps))}")
+    try:
+        state, _ = checkpointer.restore(step, like)
+    except Exception as error:  # orbax raises many types for unreadable files; verify raises CorruptCheckpoint
+        raise ConfigError(f"checkpoint {step} of {workdir} is unusable ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); accepted: a checkpoint that "
+                          f"verifies, e.g. --step {next((s for s in reversed(steps) if s != step), 'N')}") from error
+    return RestoredRun(config, model, step, jax.device_get(state))
+
+
 def saved_params(workdir: str) -> List[Tuple[int, dict]]:
     """(step, parameters) of every kept checkpoint, oldest first: how a learned quantity moved in training."""
     _, _, like, checkpointer = _restore_target(workdir)

@@ -1,0 +1,291 @@
+"""A trained run out of JAX (PyTorch, Hugging Face) and a Hugging Face GPT-2 into a run.
+
+    aero-export --workdir W --out DIR [--step N] [--format auto|hf|torch] [--dtype float32|bfloat16] [--overwrite]
+    aero-import-hf --checkpoint DIR --workdir W
+
+`to_pytorch` folds the run's checkpoint into plain tensors (fold.py) and writes a self-contained
+directory: model.safetensors, config.json, the tokenizer, a README.md model card, and either the
+stock GPT2LMHeadModel layout (`hf`, for what GPT-2 can express, hf.py) or the AERO layout with
+modeling_aero.py beside it (`torch`). Only safetensors is needed to write it; torch to read it.
+See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+from importlib import resources
+from typing import Dict, Iterator
+
+import numpy as np
+
+from aero_jax.config import ConfigError, ModelConfig
+from aero_jax.errors import argparse_main
+from aero_jax.export import fold, hf
+
+FORMATS = ("auto", "hf", "torch")
+DTYPES = ("float32", "bfloat16")
+WEIGHTS_FILE = "model.safetensors"
+EXTRAS_FILE = "training_extras.safetensors"
+MODELING_FILE = "modeling_aero.py"
+BYTE_TOKENIZER_FILE = "byte_tokenizer.json"
+
+
+def _choose_format(requested: str, c: ModelConfig) -> str:
+    if requested not in FORMATS:
+        raise ConfigError(f"--format={requested} is invalid; accepted: {', '.join(FORMATS)}")
+    blocker = hf.gpt2_blocker(c)
+    if requested == "hf" and blocker:
+        raise ConfigError(f"--format hf cannot express this model: {blocker}; accepted: --format torch (or auto)")
+    if requested == "auto":
+        return "torch" if blocker else "hf"
+    return requested
+
+
+@contextlib.contextmanager
+def staged_directory(out: str, *, overwrite: bool) -> Iterator[str]:
+    """A temporary sibling of OUT to write into, renamed to OUT only when everything is written.
+
+    An existing OUT is refused without `overwrite`, and replaced only after the new one is complete.
+    """
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise ConfigError(f"--out={out} already exists; accepted: a new folder, or --overwrite to replace it")
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot write to {parent} ({error.strerror}); accepted: --out in a writable folder") from error
+    staging = f"{out}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        yield staging
+        if os.path.exists(out):
+            previous = f"{out}.previous-{os.getpid()}"
+            os.rename(out, previous)
+            os.rename(staging, out)
+            shutil.rmtree(previous)
+        else:
+            os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None:
+    from safetensors.numpy import save_file
+
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def aero_config(c: ModelConfig, provenance: dict) -> dict:
+    """config.json of the AERO layout: the architecture modeling_aero.py builds, and where it came from."""
+    return dict(
+        model_type="aero", architectures=["AeroForCausalLM"],
+        auto_map={"AutoConfig": "modeling_aero.AeroConfig", "AutoModelForCausalLM": "modeling_aero.AeroForCausalLM"},
+        vocab_size=c.vocab_size, max_len=c.max_len, num_layers=c.num_layers, num_heads=c.num_heads,
+        d_model=c.d_model, d_ff=c.d_ff, ffn_layers=[l for l in range(c.num_layers) if c.has_ffn(l)],
+        ffn_fused=c.ffn_fused, activation="leaky_relu" if "leaky" in c.activation else c.activation,
+        gelu_form=c.gelu_form, ln_attn=c.ln_attn, ln_ffn=c.ln_ffn, ln_final=c.ln_final,
+        ln_mode="centered_affine" if c.ln_frozen else "layernorm", ln_epsilon=c.ln_epsilon,
+        learnable_temperature=c.learnable_temperature, residual_scale=c.ffn_scaling, tie_word_embeddings=True,
+        aero=provenance)
+
+
+def _write_tokenizer(config, out: str) -> None:
+    """The run's tokenizer beside the weights: its BPE tokenizer.json, or a description of the byte one."""
+    if config.data.tokenizer == "bpe":
+        shutil.copyfile(os.path.expanduser(config.data.tokenizer_path), os.path.join(out, "tokenizer.json"))
+    else:
+        description = {"kind": "byte", "vocab_size": 257, "eot_id": 256,
+                       "description": "UTF-8 bytes are the ids 0-255; 256 is end-of-text"}
+        with open(os.path.join(out, BYTE_TOKENIZER_FILE), "w") as f:
+            json.dump(description, f, indent=1)
+
+
+def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
+    """README.md of an export: what the model is, how it was trained, what it costs in private inference."""
+    from aero_jax.pi.cost import pi_cost
+
+    cost = pi_cost(c, name=provenance["architecture"])
+    perplexity = provenance.get("validation_perplexity")
+    loader = ("from transformers import GPT2LMHeadModel\nmodel = GPT2LMHeadModel.from_pretrained(DIR)"
+              if layout == "hf" else "import sys; sys.path.insert(0, DIR)\nfrom modeling_aero import AeroForCausalLM\n"
+                                     "model = AeroForCausalLM.from_pretrained(DIR)")
+    return "\n".join([
+        f"# {provenance['architecture']}, exported by aero-jax", "",
+        f"- Trained for {provenance['step']} steps in `{provenance['workdir']}`; validation perplexity "
+        f"{'not recorded' if perplexity is None else f'{perplexity:.3f}'} at step "
+        f"{provenance.get('summary_step', '-')}.",
+        f"- Size: {c.num_layers} layers, {c.num_heads} heads, d_model {c.d_model}, d_ff {c.d_ff}, vocabulary "
+        f"{c.vocab_size}, context {c.max_len}.",
+        f"- Layout: `{layout}` ({'GPT2LMHeadModel' if layout == 'hf' else 'modeling_aero.py'}), "
+        f"{provenance['dtype']}.",
+        f"- Private inference (aero-pi-cost, T={c.max_len}): {cost['nonlinear_ops']} nonlinear operations, "
+        f"{cost['comm_gb']:.3f} GB of communication and {cost['latency_min']:.3f} min of latency per sequence, "
+        f"{cost['comm_saving']:.2f}x less communication than SM+LN+G of the same size.", "",
+        "```python", loader, "```", ""])
+
+
+def to_pytorch(workdir: str, out: str, *, step: int = 0, format: str = "auto", dtype: str = "float32",
+               overwrite: bool = False) -> dict:
+    """Export a run's checkpoint (newest, or `step`) to OUT; returns what was written."""
+    from aero_jax import data
+    from aero_jax.evaluate import restore_step
+    from aero_jax.run_config import architecture_label, model_config_from
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype={dtype} is invalid; accepted: {', '.join(DTYPES)}")
+    if os.path.exists(out) and not overwrite:  # before any work: nothing is read or written
+        raise ConfigError(f"--out={os.path.abspath(out)} already exists; accepted: a new folder, or --overwrite to "
+                          f"replace it")
+    run = restore_step(workdir, step)
+    c = model_config_from(run.config.model)
+    layout = _choose_format(format, c)
+    tokenizer = data.make_tokenizer(run.config.data.tokenizer, run.config.data.tokenizer_path or None)
+    data.check_vocab(tokenizer, c.vocab_size)
+    plain = fold.plain_tensors(c, run.state.params, run.state.model_state)
+    broken = [name for name, value in plain.items() if not np.all(np.isfinite(value))]
+    if broken:
+        raise ConfigError(f"checkpoint {run.step} of {workdir} folds to non-finite values in {', '.join(broken[:3])}; "
+                          f"accepted: a checkpoint of a run that had not diverged (--step)")
+    summary = {}
+    if os.path.exists(os.path.join(workdir, "summary.json")):
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+    provenance = {"architecture": architecture_label(run.config.model), "preset": run.config.model.preset,
+                  "workdir": os.path.abspath(workdir), "step": run.step, "dtype": dtype,
+                  "validation_perplexity": summary.get("validation_perplexity"), "summary_step": summary.get("step")}
+    with staged_directory(out, overwrite=overwrite) as staging:
+        if layout == "hf":
+            _save_tensors(hf.gpt2_tensors(plain, c), os.path.join(staging, WEIGHTS_FILE), dtype)
+            config = {**hf.gpt2_config(c, eot_id=tokenizer.eot_id), "aero": provenance}
+        else:
+            _save_tensors(plain, os.path.join(staging, WEIGHTS_FILE), dtype)
+            config = aero_config(c, provenance)
+            shutil.copyfile(resources.files("aero_jax.export") / MODELING_FILE, os.path.join(staging, MODELING_FILE))
+        config["torch_dtype"] = dtype
+        with open(os.path.join(staging, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        extras = fold.training_extras(c, run.state.params)
+        if extras:
+            _save_tensors(extras, os.path.join(staging, EXTRAS_FILE), "float32")
+        _write_tokenizer(run.config, staging)
+        with open(os.path.join(staging, "README.md"), "w") as f:
+            f.write(model_card(c, provenance, layout))
+    return {"out": os.path.abspath(out), "format": layout, "step": run.step, "dtype": dtype,
+            "architecture": provenance["architecture"]}
+
+
+def _export_command(args) -> None:
+    result = to_pytorch(args.workdir, args.out, step=args.step, format=args.format, dtype=args.dtype,
+                        overwrite=args.overwrite)
+    print(f"exported {result['architecture']} (step {result['step']}, {result['dtype']}) as {result['format']} "
+          f"to {result['out']}")
+
+
+def export_main(argv=None):
+    parser = argparse.ArgumentParser(prog="aero-export", description="A trained run as PyTorch / Hugging Face files.")
+    parser.add_argument("--workdir", required=True, help="the run directory written by aero-train")
+    parser.add_argument("--out", required=True, help="the directory to write (must not exist without --overwrite)")
+    parser.add_argument("--step", type=int, default=0, help="the checkpoint step (default: the newest)")
+    parser.add_argument("--format", default="auto", help="auto | hf (GPT2LMHeadModel) | torch (modeling_aero.py)")
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    argparse_main("aero-export", parser, _export_command, argv)
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+def _read_gpt2_directory(checkpoint: str):
+    """(config.json as a dict, tensors) of a Hugging Face GPT-2 checkpoint directory (safetensors only)."""
+    from safetensors.numpy import load_file
+
+    config_path, weights_path = (os.path.join(checkpoint, name) for name in ("config.json", WEIGHTS_FILE))
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise ConfigError(f"--checkpoint={checkpoint} has no {os.path.basename(path)}; accepted: a Hugging Face "
+                              f"GPT-2 directory with config.json and model.safetensors (never a pickle)")
+    try:
+        with open(config_path) as f:
+            hf_config = json.load(f)
+        tensors = load_file(weights_path)
+    except Exception as error:  # bad JSON, a truncated or foreign safetensors file
+        raise ConfigError(f"--checkpoint={checkpoint} cannot be read ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); accepted: a Hugging Face GPT-2 "
+                          f"directory with config.json and model.safetensors") from error
+    return hf_config, tensors
+
+
+def from_hf(checkpoint: str, workdir: str) -> dict:
+    """A GPT-2 checkpoint directory as an SM+LN+G (or +R) run directory (config.json, tokenizer.json, checkpoint at step 0)
+    that aero-eval, aero-ln-substitute and aero-train (configs/from_workdir.py) accept."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from etils import epath
+
+    from aero_jax import data
+    from aero_jax.checkpoint import Checkpointer
+    from aero_jax.run_config import base_config, validate
+    from aero_jax.trainer import CONFIG_FILE, build
+    from aero_jax.train_step import create_train_state
+    from aero_jax.workdir import make_workdir, write_text_atomically
+
+    hf_config, tensors = _read_gpt2_directory(checkpoint)
+    preset, c = hf.model_config_from_gpt2(hf_config, f"--checkpoint={checkpoint}")
+    params = hf.gpt2_to_params(tensors, c, f"--checkpoint={checkpoint}")
+    tokenizer_source = os.path.join(checkpoint, "tokenizer.json")
+    byte_level = os.path.isfile(os.path.join(checkpoint, BYTE_TOKENIZER_FILE))  # an aero-export of a byte run
+    if not (os.path.isfile(tokenizer_source) or byte_level):
+        raise ConfigError(f"--checkpoint={checkpoint} has no tokenizer.json; accepted: a GPT-2 directory with its "
+                          f"tokenizer (evaluation and fine-tuning read text through it)")
+    if os.path.exists(os.path.join(workdir, CONFIG_FILE)) or os.path.exists(os.path.join(workdir, "checkpoints")):
+        raise ConfigError(f"--workdir={workdir} already holds a run; accepted: a new folder")
+    config = base_config()
+    fields = dataclasses.asdict(c)
+    config.model = ml_collections.ConfigDict({"preset": preset, **fields, "ffn_layers": None})
+    tokenizer_path = os.path.join(os.path.abspath(workdir), "tokenizer.json")
+    if not byte_level:
+        config.data.update(tokenizer="bpe", tokenizer_path=tokenizer_path)
+    validate(config)
+    data.check_vocab(data.make_tokenizer("byte") if byte_level else data.make_tokenizer("bpe", tokenizer_source),
+                     c.vocab_size)
+    make_workdir(workdir)
+    if not byte_level:
+        shutil.copyfile(tokenizer_source, tokenizer_path)
+    model, _, optimizer = build(config)
+    state = create_train_state(model, optimizer, jax.random.key(config.seed))
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(state.params):
+        raise ConfigError(f"--checkpoint={checkpoint} does not map onto an SM+LN+G model of its config")
+    state = state.replace(params=params, opt_state=optimizer.init(params))
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+    checkpointer.save(0, state, {"data_offset": 0, "recoveries": 0, "lr_scale": 1.0})
+    checkpointer.wait()
+    write_text_atomically(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
+    return {"workdir": os.path.abspath(workdir), "architecture": preset, "num_layers": c.num_layers,
+            "d_model": c.d_model, "vocab_size": c.vocab_size}
+
+
+def _import_command(args) -> None:
+    result = from_hf(args.checkpoint, args.workdir)
+    print(f"imported a {result['num_layers']}-layer GPT-2 (d_model {result['d_model']}, vocabulary "
+          f"{result['vocab_size']}) as an {result['architecture']} run: {result['workdir']}")
+
+
+def import_main(argv=None):
+    parser = argparse.ArgumentParser(prog="aero-import-hf", description="A Hugging Face GPT-2 as an aero-jax run.")
+    parser.add_argument("--checkpoint", required=True, help="a GPT-2 directory: config.json, model.safetensors, "
+                                                            "tokenizer.json")
+    parser.add_argument("--workdir", required=True, help="the run directory to create")
+    argparse_main("aero-import-hf", parser, _import_command, argv)

@@ -1,0 +1,350 @@
+"""Export to PyTorch and Hugging Face, import from GPT-2: the same numbers on both sides, bad input in one line."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import small_config
+
+torch = pytest.importorskip("torch")
+from safetensors.numpy import load_file  # noqa: E402
+
+from aero_jax import presets  # noqa: E402
+from aero_jax.export import aero_config, fold, from_hf, hf, to_pytorch  # noqa: E402
+from aero_jax.layers import LN_CALIBRATION  # noqa: E402
+from aero_jax.model import AeroLM, init_variables, logits_and_entropy, split_variables  # noqa: E402
+from aero_jax.run_config import model_section  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+TOLERANCE = 1e-4  # float32, absolute, logits and entropies
+SIZE = dict(size="tiny", num_layers=3, vocab_size=257, max_len=32)
+
+
+def _modeling():
+    spec = importlib.util.spec_from_file_location("modeling_aero", ROOT / "aero_jax" / "export" / "modeling_aero.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["modeling_aero"] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+MODELING = _modeling()
+
+
+def torch_model(c, params, model_state):
+    """The PyTorch model of a folded JAX model, loaded strictly (every tensor, nothing else)."""
+    fields = {k: v for k, v in aero_config(c, {}).items() if k not in ("model_type", "architectures", "auto_map")}
+    model = MODELING.AeroForCausalLM(MODELING.AeroConfig(**fields))
+    plain = fold.plain_tensors(c, params, model_state)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in plain.items()}, strict=True)
+    return model.eval()
+
+
+def perturbed(tree, seed: int):
+    """Every parameter moved off its init (alpha, beta, temperatures, slopes, gains), as training would."""
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved = [x * (1 + 0.3 * jax.random.normal(k, x.shape)) + 0.02 * jax.random.normal(jax.random.fold_in(k, 1), x.shape)
+             for x, k in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(structure, moved)
+
+
+def inputs(vocab_size: int, seq_len: int):
+    """Random rows, a full-length row of one repeated token, and rows of ids a model trained on bytes < 128 never saw."""
+    rng = np.random.default_rng(0)
+    return {"random": rng.integers(0, vocab_size, (3, seq_len - 5)),
+            "full length": rng.integers(0, vocab_size, (2, seq_len)),
+            "one token repeated": np.full((1, seq_len), 7),
+            "unseen ids": rng.integers(200, vocab_size, (2, seq_len))}
+
+
+def assert_same_numbers(model, variables, tm, seq_len: int):
+    for what, tokens in inputs(model.config.vocab_size, seq_len).items():
+        logits, entropy, _ = logits_and_entropy(model, variables, jnp.asarray(tokens))
+        with torch.no_grad():
+            out = tm(torch.from_numpy(tokens), return_entropy=True)
+        np.testing.assert_allclose(out.logits.numpy(), np.asarray(logits), atol=TOLERANCE, rtol=0, err_msg=what)
+        np.testing.assert_allclose(out.entropy.numpy(), np.asarray(entropy), atol=TOLERANCE, rtol=0, err_msg=what)
+
+
+BASE_PRESETS = [n for n in presets.names() if not n.startswith("EReg(")] + ["EReg(SM(t)+ScFuFFN)"]
+
+
+@pytest.mark.parametrize("name", BASE_PRESETS)
+def test_every_preset_gives_the_same_logits_and_entropies_in_pytorch(name):
+    c = presets.model_config(name, **SIZE)
+    model = AeroLM(c)
+    params, state = split_variables(init_variables(model, jax.random.key(0)))
+    params = perturbed(params, seed=1)
+    if state:  # spectral norm: power iterations advanced, as after training steps
+        _, _, state = logits_and_entropy(model, {"params": params, **state}, jnp.zeros((2, 8), jnp.int32), train=True)
+    assert_same_numbers(model, {"params": params, **state}, torch_model(c, params, state), c.max_len)
+
+
+def test_the_frozen_layernorm_substitute_exports_as_a_centring_affine_map():
+    c = presets.model_config("SM+LN+R", **SIZE).replace(ln_frozen=True)
+    model = AeroLM(c)
+    variables = init_variables(model, jax.random.key(0))
+    params = perturbed(variables["params"], seed=2)
+    calibration = jax.tree_util.tree_map(lambda s: s * 0 + 1.7, variables[LN_CALIBRATION])
+    state = {LN_CALIBRATION: perturbed(calibration, seed=3)}
+    assert_same_numbers(model, {"params": params, **state}, torch_model(c, params, state), c.max_len)
+
+
+# -- trained runs, through the command -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """Tiny runs of a few architectures, 8 steps each: {preset: workdir}."""
+    from aero_jax.trainer import train
+
+    runs = {}
+    for name in ("SM+LN+G", "SM+LN+R", "EReg(SM(t)+ScFuFFN)", "SM+SNorm(QK+FFN)", "SM+LReLU(learnable per layer)"):
+        config = small_config(corpus)
+        config.model = model_section(name, size="tiny", vocab_size=257, max_len=32)
+        workdir = tmp_path_factory.mktemp(presets.slug(name))
+        train(config, str(workdir))
+        runs[name] = str(workdir)
+    return runs
+
+
+def _restored(workdir):
+    from aero_jax.evaluate import restore_run
+
+    run = restore_run(workdir)
+    return run.model, {"params": run.state.params, **run.state.model_state}
+
+
+def _command(name, *args, timeout=600):
+    return subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_one_line(result, *expected):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+FRESH_PROCESS = """
+import sys
+
+class NoJax:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib", "flax", "aero_jax", "transformers"):
+            raise ImportError(f"{name} must not be imported when loading an export")
+
+sys.meta_path.insert(0, NoJax())
+sys.path.insert(0, sys.argv[1])
+import numpy as np, torch
+from modeling_aero import AeroForCausalLM
+
+model = AeroForCausalLM.from_pretrained(sys.argv[1])
+tokens = torch.from_numpy(np.load(sys.argv[2]))
+with torch.no_grad():
+    out = model(tokens, return_entropy=True)
+np.save(sys.argv[3], out.logits.numpy())
+np.save(sys.argv[4], out.entropy.numpy())
+"""
+
+
+def test_exported_runs_load_in_a_fresh_process_without_jax(trained, tmp_path):
+    for name in ("EReg(SM(t)+ScFuFFN)", "SM+SNorm(QK+FFN)", "SM+LReLU(learnable per layer)"):
+        out = tmp_path / presets.slug(name)
+        result = _command("aero-export", "--workdir", trained[name], "--out", out)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            ["README.md", "byte_tokenizer.json", "config.json", "model.safetensors", "modeling_aero.py"]
+            + (["training_extras.safetensors"] if name.startswith("EReg") else []))
+        model, variables = _restored(trained[name])
+        tokens = inputs(257, 32)["unseen ids"]
+        np.save(tmp_path / "tokens.npy", tokens)
+        script = tmp_path / "load.py"
+        script.write_text(FRESH_PROCESS)
+        loaded = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "tokens.npy"),
+                                 str(tmp_path / "logits.npy"), str(tmp_path / "entropy.npy")],
+                                capture_output=True, text=True, timeout=300)
+        assert loaded.returncode == 0, loaded.stderr[-2000:]
+        logits, entropy, _ = logits_and_entropy(model, variables, jnp.asarray(tokens))
+        np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), logits, atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(np.load(tmp_path / "entropy.npy"), entropy, atol=TOLERANCE, rtol=0)
+        card = (out / "README.md").read_text()
+        assert "nonlinear operations" in card and "8 steps" in card
+    extras = load_file(str(tmp_path / "ereg_sm_t_scfuffn" / "training_extras.safetensors"))
+    assert extras["entropy_thresholds"].shape == (2, 2)
+
+
+def test_a_bfloat16_export_stays_within_its_tolerance(trained, tmp_path):
+    out = tmp_path / "bf16"
+    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", out, "--dtype", "bfloat16",
+                    "--format", "torch").returncode == 0
+    tm = MODELING.AeroForCausalLM.from_pretrained(str(out))
+    assert tm.wte.weight.dtype == torch.bfloat16
+    model, variables = _restored(trained["SM+LN+G"])
+    tokens = inputs(257, 32)["random"]
+    logits, _, _ = logits_and_entropy(model, variables, jnp.asarray(tokens))
+    with torch.no_grad():
+        exported = tm(torch.from_numpy(tokens)).logits.numpy()
+    # bfloat16 keeps 8 bits of mantissa: about 0.4% of each weight, compounded over the layers.
+    np.testing.assert_allclose(exported, logits, atol=0.05 * float(np.abs(logits).max()), rtol=0)
+
+
+def test_the_hf_layout_loads_into_gpt2_and_decodes_greedily_like_jax(trained, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    for name in ("SM+LN+G", "SM+LN+R"):
+        out = tmp_path / presets.slug(name)
+        result = _command("aero-export", "--workdir", trained[name], "--out", out)  # auto: hf
+        assert result.returncode == 0 and "as hf" in result.stdout, result.stderr
+        gpt2, info = transformers.GPT2LMHeadModel.from_pretrained(str(out), output_loading_info=True)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+        model, variables = _restored(trained[name])
+        prompt = np.asarray([[10, 32, 100, 101, 102]])
+        tokens = prompt
+        for _ in range(12):  # the argmax chain of full JAX forward passes
+            logits, _, _ = logits_and_entropy(model, variables, jnp.asarray(tokens))
+            tokens = np.concatenate([tokens, np.asarray(logits[:, -1]).argmax(-1)[:, None]], axis=1)
+        generated = gpt2.eval().generate(torch.from_numpy(prompt), max_new_tokens=12, do_sample=False,
+                                         pad_token_id=256)
+        assert generated.numpy().tolist() == tokens.tolist()
+
+
+def test_the_torch_layout_loads_through_automodel_with_remote_code(trained, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "auto"
+    assert _command("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", out).returncode == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    jax_model, variables = _restored(trained["EReg(SM(t)+ScFuFFN)"])
+    tokens = inputs(257, 32)["full length"]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(tokens)).logits.numpy()
+    np.testing.assert_allclose(logits, logits_and_entropy(jax_model, variables, jnp.asarray(tokens))[0],
+                               atol=TOLERANCE, rtol=0)
+
+
+# -- import from Hugging Face ---------------------------------------------------------------------
+
+def _gpt2_directory(tmp_path, corpus_text: str, vocab_size: int = 300):
+    """A random GPT-2 saved by transformers, with a byte-level BPE tokenizer trained on some text."""
+    transformers = pytest.importorskip("transformers")
+    import tokenizers
+
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([corpus_text], trainer=trainer)
+    config = transformers.GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=32, n_embd=32, n_layer=2,
+                                     n_head=2, n_inner=64)
+    torch.manual_seed(0)
+    out = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(config).save_pretrained(str(out))
+    tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+def test_hf_to_jax_to_hf_gives_the_same_tensors(corpus, tmp_path):
+    text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:3])
+    source = _gpt2_directory(tmp_path, text)
+    result = _command("aero-import-hf", "--checkpoint", source, "--workdir", tmp_path / "imported")
+    assert result.returncode == 0, result.stderr
+    assert _command("aero-export", "--workdir", tmp_path / "imported", "--out", tmp_path / "again").returncode == 0
+    original = load_file(str(source / "model.safetensors"))
+    again = load_file(str(tmp_path / "again" / "model.safetensors"))
+    original = {k: v for k, v in original.items() if not k.endswith(hf.IGNORED_GPT2_BUFFERS) and k != "lm_head.weight"}
+    assert sorted(original) == sorted(again)
+    for key in original:
+        assert np.array_equal(original[key], again[key]), key
+    assert (tmp_path / "again" / "tokenizer.json").read_text() == (source / "tokenizer.json").read_text()
+
+
+def test_jax_to_hf_to_jax_gives_the_same_parameters(trained, tmp_path):
+    from aero_jax.evaluate import restore_run
+
+    assert to_pytorch(trained["SM+LN+R"], str(tmp_path / "hf"), format="hf")["format"] == "hf"
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "back"))
+    original = restore_run(trained["SM+LN+R"]).state.params
+    back = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(
+        restore_run(str(tmp_path / "back")).state.params)}
+    for path, value in jax.tree_util.tree_leaves_with_path(original):
+        assert np.array_equal(value, back.pop(jax.tree_util.keystr(path))), jax.tree_util.keystr(path)
+    assert back and all(k.endswith("['bias']") and not np.any(v) for k, v in back.items())  # GPT-2's zero biases
+
+
+# -- bad input, as the user meets it ----------------------------------------------------------------
+
+def _nonfinite_copy(workdir, tmp_path):
+    """A copy of a run whose newest checkpoint (step 12) holds a NaN, written as a diverging trainer would."""
+    import shutil
+
+    from aero_jax.checkpoint import Checkpointer
+    from aero_jax.evaluate import restore_run
+
+    copy = tmp_path / "nan_run"
+    shutil.copytree(workdir, copy)
+    state = restore_run(str(copy)).state
+    params = jax.tree_util.tree_map(np.array, state.params)
+    params["wpe"][0, 0] = np.nan
+    checkpointer = Checkpointer(str(copy / "checkpoints"))
+    checkpointer.save(12, state.replace(params=params), {"data_offset": 0, "recoveries": 0, "lr_scale": 1.0})
+    checkpointer.wait()
+    return copy
+
+
+def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path):
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    _assert_one_line(_command("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "has no config.json")
+    assert not (tmp_path / "o1").exists()
+    nan_run = _nonfinite_copy(trained["SM+LN+G"], tmp_path)
+    _assert_one_line(_command("aero-export", "--workdir", nan_run, "--out", tmp_path / "o2"),
+                     "checkpoint 12", "non-finite", "accepted:", "--step 8")
+    assert not (tmp_path / "o2").exists()
+    _assert_one_line(_command("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", tmp_path / "o3",
+                              "--format", "hf"), "ln_attn=False", "--format torch")
+    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                              "--format", "onnx"), "--format=onnx", "auto, hf, torch")
+    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                              "--dtype", "float16"), "--dtype=float16", "float32, bfloat16")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing),
+                     "already exists", "--overwrite")
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing, "--overwrite").returncode == 0
+    assert (existing / "model.safetensors").exists() and not (existing / "keep.txt").exists()
+    assert not list(tmp_path.glob("*.partial-*")) and not list(tmp_path.glob("*.previous-*"))
+
+
+def test_bad_imports_are_refused_in_one_line(trained, corpus, tmp_path):
+    text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:2])
+    source = _gpt2_directory(tmp_path, text)
+    foreign = tmp_path / "foreign"
+    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", foreign, "--format", "torch"
+                    ).returncode == 0
+    _assert_one_line(_command("aero-import-hf", "--checkpoint", foreign, "--workdir", tmp_path / "w1"),
+                     "model_type='aero'", "accepted: 'gpt2'")
+    resized = tmp_path / "resized"
+    resized.mkdir()
+    for name in ("model.safetensors", "tokenizer.json"):
+        (resized / name).write_bytes((source / name).read_bytes())
+    config = json.loads((source / "config.json").read_text())
+    (resized / "config.json").write_text(json.dumps({**config, "n_embd": 48}))
+    _assert_one_line(_command("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w2"),
+                     "is not a GPT-2 checkpoint of its config.json", "sizes disagree", "wte.weight")
+    _assert_one_line(_command("aero-import-hf", "--checkpoint", tmp_path / "nowhere", "--workdir", tmp_path / "w3"),
+                     "has no config.json")
+    (resized / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 1}))
+    _assert_one_line(_command("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w4"),
+                     "sizes disagree")
+    assert not any((tmp_path / f"w{i}").exists() for i in range(1, 5))
+    _assert_one_line(_command("aero-import-hf", "--checkpoint", source, "--workdir", trained["SM+LN+R"]),
+                     "already holds a run")
