@@ -130,6 +130,12 @@ def _silence_stderr(path: Optional[str]) -> None:
 def argparse_main(prog: str, parser, body: Callable, argv: Optional[List[str]] = None) -> None:
     """Entry point of an argparse command: `--verbose` added, failures in one line."""
     parser.add_argument("--verbose", action="store_true", help="On failure, print the full traceback too.")
+
+    def one_line_error(message: str):  # argparse prints the usage too; the user gets one line
+        print(f"{prog}: {message}; see {prog} --help", file=sys.stderr, flush=True)
+        sys.exit(BAD_INPUT)
+
+    parser.error = one_line_error
     args = parser.parse_args(argv)
     from absl import logging  # orbax and TFDS log every read at INFO through absl
 

@@ -1,6 +1,5 @@
 """Export to PyTorch and Hugging Face, import from GPT-2: the same numbers on both sides, bad input in one line."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -16,7 +15,9 @@ torch = pytest.importorskip("torch")
 from safetensors.numpy import load_file  # noqa: E402
 
 from aero_jax import presets  # noqa: E402
-from aero_jax.export import aero_config, fold, from_hf, hf, to_pytorch  # noqa: E402
+from aero_jax.export import from_hf, hf, to_pytorch  # noqa: E402
+from aero_jax.export.parity import (load_modeling, max_differences, parity_inputs, perturbed,  # noqa: E402
+                                    torch_model)
 from aero_jax.layers import LN_CALIBRATION  # noqa: E402
 from aero_jax.model import AeroLM, init_variables, logits_and_entropy, split_variables  # noqa: E402
 from aero_jax.run_config import model_section  # noqa: E402
@@ -25,53 +26,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
 TOLERANCE = 1e-4  # float32, absolute, logits and entropies
 SIZE = dict(size="tiny", num_layers=3, vocab_size=257, max_len=32)
+MODELING = load_modeling()
 
 
-def _modeling():
-    spec = importlib.util.spec_from_file_location("modeling_aero", ROOT / "aero_jax" / "export" / "modeling_aero.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["modeling_aero"] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    return module
-
-
-MODELING = _modeling()
-
-
-def torch_model(c, params, model_state):
-    """The PyTorch model of a folded JAX model, loaded strictly (every tensor, nothing else)."""
-    fields = {k: v for k, v in aero_config(c, {}).items() if k not in ("model_type", "architectures", "auto_map")}
-    model = MODELING.AeroForCausalLM(MODELING.AeroConfig(**fields))
-    plain = fold.plain_tensors(c, params, model_state)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in plain.items()}, strict=True)
-    return model.eval()
-
-
-def perturbed(tree, seed: int):
-    """Every parameter moved off its init (alpha, beta, temperatures, slopes, gains), as training would."""
-    leaves, structure = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    moved = [x * (1 + 0.3 * jax.random.normal(k, x.shape)) + 0.02 * jax.random.normal(jax.random.fold_in(k, 1), x.shape)
-             for x, k in zip(leaves, keys)]
-    return jax.tree_util.tree_unflatten(structure, moved)
-
-
-def inputs(vocab_size: int, seq_len: int):
-    """Random rows, a full-length row of one repeated token, and rows of ids a model trained on bytes < 128 never saw."""
-    rng = np.random.default_rng(0)
-    return {"random": rng.integers(0, vocab_size, (3, seq_len - 5)),
-            "full length": rng.integers(0, vocab_size, (2, seq_len)),
-            "one token repeated": np.full((1, seq_len), 7),
-            "unseen ids": rng.integers(200, vocab_size, (2, seq_len))}
-
-
-def assert_same_numbers(model, variables, tm, seq_len: int):
-    for what, tokens in inputs(model.config.vocab_size, seq_len).items():
-        logits, entropy, _ = logits_and_entropy(model, variables, jnp.asarray(tokens))
-        with torch.no_grad():
-            out = tm(torch.from_numpy(tokens), return_entropy=True)
-        np.testing.assert_allclose(out.logits.numpy(), np.asarray(logits), atol=TOLERANCE, rtol=0, err_msg=what)
-        np.testing.assert_allclose(out.entropy.numpy(), np.asarray(entropy), atol=TOLERANCE, rtol=0, err_msg=what)
+def assert_same_numbers(model, variables, exported, seq_len: int):
+    for what, tokens in parity_inputs(model.config.vocab_size, seq_len).items():
+        logits, entropy = max_differences(model, variables, exported, tokens)
+        assert logits <= TOLERANCE and entropy <= TOLERANCE, (what, logits, entropy)
 
 
 BASE_PRESETS = [n for n in presets.names() if not n.startswith("EReg(")] + ["EReg(SM(t)+ScFuFFN)"]
@@ -85,6 +46,31 @@ def test_every_preset_gives_the_same_logits_and_entropies_in_pytorch(name):
     params = perturbed(params, seed=1)
     if state:  # spectral norm: power iterations advanced, as after training steps
         _, _, state = logits_and_entropy(model, {"params": params, **state}, jnp.zeros((2, 8), jnp.int32), train=True)
+    assert_same_numbers(model, {"params": params, **state}, torch_model(c, params, state), c.max_len)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BASE_PRESETS)
+def test_every_preset_after_training_steps_gives_the_same_numbers(name):
+    import optax
+
+    from aero_jax.objective import lm_loss
+
+    c = presets.model_config(name, **SIZE)
+    model = AeroLM(c)
+    params, state = split_variables(init_variables(model, jax.random.key(0)))
+    optimizer = optax.adam(3e-2)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, state, opt_state, tokens):
+        grads, (_, state) = jax.grad(lambda p: lm_loss(p, state, tokens, model=model), has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), state, opt_state
+
+    rng = np.random.default_rng(1)
+    for _ in range(4):  # bytes below 128 only: the ids 200 and up are never seen
+        params, state, opt_state = step(params, state, opt_state, jnp.asarray(rng.integers(0, 128, (4, c.max_len))))
     assert_same_numbers(model, {"params": params, **state}, torch_model(c, params, state), c.max_len)
 
 
@@ -164,7 +150,7 @@ def test_exported_runs_load_in_a_fresh_process_without_jax(trained, tmp_path):
             ["README.md", "byte_tokenizer.json", "config.json", "model.safetensors", "modeling_aero.py"]
             + (["training_extras.safetensors"] if name.startswith("EReg") else []))
         model, variables = _restored(trained[name])
-        tokens = inputs(257, 32)["unseen ids"]
+        tokens = parity_inputs(257, 32)["unseen ids"]
         np.save(tmp_path / "tokens.npy", tokens)
         script = tmp_path / "load.py"
         script.write_text(FRESH_PROCESS)
@@ -188,7 +174,7 @@ def test_a_bfloat16_export_stays_within_its_tolerance(trained, tmp_path):
     tm = MODELING.AeroForCausalLM.from_pretrained(str(out))
     assert tm.wte.weight.dtype == torch.bfloat16
     model, variables = _restored(trained["SM+LN+G"])
-    tokens = inputs(257, 32)["random"]
+    tokens = parity_inputs(257, 32)["random"]
     logits, _, _ = logits_and_entropy(model, variables, jnp.asarray(tokens))
     with torch.no_grad():
         exported = tm(torch.from_numpy(tokens)).logits.numpy()
@@ -221,7 +207,7 @@ def test_the_torch_layout_loads_through_automodel_with_remote_code(trained, tmp_
     assert _command("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", out).returncode == 0
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
     jax_model, variables = _restored(trained["EReg(SM(t)+ScFuFFN)"])
-    tokens = inputs(257, 32)["full length"]
+    tokens = parity_inputs(257, 32)["full length"]
     with torch.no_grad():
         logits = model(torch.from_numpy(tokens)).logits.numpy()
     np.testing.assert_allclose(logits, logits_and_entropy(jax_model, variables, jnp.asarray(tokens))[0],
@@ -311,6 +297,10 @@ def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path
                               "--format", "hf"), "ln_attn=False", "--format torch")
     _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
                               "--format", "onnx"), "--format=onnx", "auto, hf, torch")
+    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                              "--step", "5"), "step 5 has no checkpoint", "accepted: 4, 8")
+    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                              "--step", "five"), "invalid int value: 'five'", "--help")
     _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
                               "--dtype", "float16"), "--dtype=float16", "float32, bfloat16")
     existing = tmp_path / "existing"

@@ -35,8 +35,6 @@ BYTE_TOKENIZER_FILE = "byte_tokenizer.json"
 
 
 def _choose_format(requested: str, c: ModelConfig) -> str:
-    if requested not in FORMATS:
-        raise ConfigError(f"--format={requested} is invalid; accepted: {', '.join(FORMATS)}")
     blocker = hf.gpt2_blocker(c)
     if requested == "hf" and blocker:
         raise ConfigError(f"--format hf cannot express this model: {blocker}; accepted: --format torch (or auto)")
@@ -141,6 +139,8 @@ def to_pytorch(workdir: str, out: str, *, step: int = 0, format: str = "auto", d
     from aero_jax.evaluate import restore_step
     from aero_jax.run_config import architecture_label, model_config_from
 
+    if format not in FORMATS:
+        raise ConfigError(f"--format={format} is invalid; accepted: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype={dtype} is invalid; accepted: {', '.join(DTYPES)}")
     if os.path.exists(out) and not overwrite:  # before any work: nothing is read or written

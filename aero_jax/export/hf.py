@@ -34,8 +34,10 @@ def gpt2_blocker(c: ModelConfig) -> Optional[str]:
             return f"{field}={value} ({why})"
     if c.ffn_layers is not None and tuple(c.ffn_layers) != tuple(range(c.num_layers)):
         return f"ffn_layers={c.ffn_layers} (GPT-2 has an FFN in every layer)"
-    if c.activation == "learnable_leaky_relu" or (c.activation == "leaky_relu" and c.leaky_slope != HF_LEAKY_SLOPE):
-        return f"activation={c.activation} with slope {c.leaky_slope} (GPT-2's leaky_relu has slope {HF_LEAKY_SLOPE})"
+    if c.activation == "learnable_leaky_relu":
+        return f"activation={c.activation} (GPT-2's leaky_relu has a fixed slope, {HF_LEAKY_SLOPE})"
+    if c.activation == "leaky_relu" and c.leaky_slope != HF_LEAKY_SLOPE:
+        return f"leaky_slope={c.leaky_slope} (GPT-2's leaky_relu has slope {HF_LEAKY_SLOPE})"
     return None
 
 
