@@ -182,6 +182,7 @@ def test_a_bfloat16_export_stays_within_its_tolerance(trained, tmp_path):
     np.testing.assert_allclose(exported, logits, atol=0.05 * float(np.abs(logits).max()), rtol=0)
 
 
+@pytest.mark.slow
 def test_the_hf_layout_loads_into_gpt2_and_decodes_greedily_like_jax(trained, tmp_path):
     transformers = pytest.importorskip("transformers")
     for name in ("SM+LN+G", "SM+LN+R"):
@@ -236,6 +237,7 @@ def _gpt2_directory(tmp_path, corpus_text: str, vocab_size: int = 300):
     return out
 
 
+@pytest.mark.slow
 def test_hf_to_jax_to_hf_gives_the_same_tensors(corpus, tmp_path):
     text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:3])
     source = _gpt2_directory(tmp_path, text)
