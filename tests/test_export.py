@@ -237,6 +237,23 @@ def _gpt2_directory(tmp_path, corpus_text: str, vocab_size: int = 300):
     return out
 
 
+def test_an_imported_gpt2_evaluates_takes_the_substitute_and_fine_tunes(corpus, tmp_path):
+    text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:3])
+    workdir = tmp_path / "imported"
+    assert from_hf(str(_gpt2_directory(tmp_path, text)), str(workdir), data_section=corpus)["architecture"] == \
+        "SM+LN+G"
+    evaluated = _command("aero-eval", f"--workdir={workdir}")
+    assert evaluated.returncode == 0 and "perplexity" in evaluated.stdout, evaluated.stderr[-2000:]
+    substituted = _command("aero-ln-substitute", "--workdir", workdir, "--calibration-batches", "1")
+    assert substituted.returncode == 0, substituted.stderr[-2000:]
+    tuned = _command("aero-train", f"--config={ROOT / 'configs' / 'from_workdir.py'}:{workdir}", f"--workdir={workdir}",
+                     "--config.train.num_steps=2", "--config.train.batch_size=4", "--config.train.eval_every=2",
+                     "--config.train.eval_batch_size=4", "--config.train.eval_batches=1")
+    assert tuned.returncode == 0 and "resumed from the checkpoint at step 0" in tuned.stdout + tuned.stderr, \
+        tuned.stderr[-2000:]
+    assert json.loads((workdir / "summary.json").read_text())["step"] == 2
+
+
 @pytest.mark.slow
 def test_hf_to_jax_to_hf_gives_the_same_tensors(corpus, tmp_path):
     text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:3])
@@ -290,6 +307,8 @@ def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path
     empty = tmp_path / "empty_run"
     empty.mkdir()
     _assert_one_line(_command("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "has no config.json")
+    (empty / "config.json").write_bytes((pathlib.Path(trained["SM+LN+G"]) / "config.json").read_bytes())
+    _assert_one_line(_command("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "has no checkpoint")
     assert not (tmp_path / "o1").exists()
     nan_run = _nonfinite_copy(trained["SM+LN+G"], tmp_path)
     _assert_one_line(_command("aero-export", "--workdir", nan_run, "--out", tmp_path / "o2"),

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from importlib import resources
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -224,9 +224,12 @@ def _read_gpt2_directory(checkpoint: str):
     return hf_config, tensors
 
 
-def from_hf(checkpoint: str, workdir: str) -> dict:
-    """A GPT-2 checkpoint directory as an SM+LN+G (or +R) run directory (config.json, tokenizer.json, checkpoint at step 0)
-    that aero-eval, aero-ln-substitute and aero-train (configs/from_workdir.py) accept."""
+def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = None) -> dict:
+    """A GPT-2 checkpoint directory as an SM+LN+G (or +R) run directory (config.json, tokenizer.json, checkpoint at
+    step 0) that aero-eval, aero-ln-substitute and aero-train (configs/from_workdir.py) accept.
+
+    `data_section` changes the run's data fields (default: the embedded dataset, read with the GPT-2 tokenizer).
+    """
     import dataclasses
 
     import jax
@@ -257,6 +260,7 @@ def from_hf(checkpoint: str, workdir: str) -> dict:
     tokenizer_path = os.path.join(os.path.abspath(workdir), "tokenizer.json")
     if not byte_level:
         config.data.update(tokenizer="bpe", tokenizer_path=tokenizer_path)
+    config.data.update(dict(data_section or {}))
     validate(config)
     data.check_vocab(data.make_tokenizer("byte") if byte_level else data.make_tokenizer("bpe", tokenizer_source),
                      c.vocab_size)
