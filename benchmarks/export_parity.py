@@ -11,24 +11,19 @@ PyTorch export over the parity inputs, in float32 and in bfloat16.
 import platform
 import time
 
-import jax
 import jax.numpy as jnp
 
 from aero_jax import presets
 from aero_jax.export import hf
-from aero_jax.export.parity import max_differences, parity_inputs, perturbed, torch_model
-from aero_jax.model import AeroLM, init_variables, logits_and_entropy, split_variables
+from aero_jax.export.parity import max_differences, moved_model, parity_inputs, torch_model
+from aero_jax.model import logits_and_entropy
 
 SIZE = dict(size="tiny", num_layers=3, vocab_size=257, max_len=32)
 
 
 def measure(name: str) -> dict:
-    c = presets.model_config(name, **SIZE)
-    model = AeroLM(c)
-    params, state = split_variables(init_variables(model, jax.random.key(0)))
-    params = perturbed(params, seed=1)
-    if state:  # spectral norm: power iterations advanced, as after training steps
-        _, _, state = logits_and_entropy(model, {"params": params, **state}, jnp.zeros((2, 8), jnp.int32), train=True)
+    model, params, state = moved_model(name, **SIZE)
+    c = model.config
     variables = {"params": params, **state}
     rows = parity_inputs(c.vocab_size, c.max_len).values()
     f32 = [max_differences(model, variables, torch_model(c, params, state), r) for r in rows]

@@ -16,8 +16,8 @@ from safetensors.numpy import load_file  # noqa: E402
 
 from aero_jax import presets  # noqa: E402
 from aero_jax.export import from_hf, hf, to_pytorch  # noqa: E402
-from aero_jax.export.parity import (load_modeling, max_differences, parity_inputs, perturbed,  # noqa: E402
-                                    torch_model)
+from aero_jax.export.parity import (load_modeling, max_differences, moved_model, parity_inputs,  # noqa: E402
+                                    perturbed, torch_model)
 from aero_jax.layers import LN_CALIBRATION  # noqa: E402
 from aero_jax.model import AeroLM, init_variables, logits_and_entropy, split_variables  # noqa: E402
 from aero_jax.run_config import model_section  # noqa: E402
@@ -40,13 +40,9 @@ BASE_PRESETS = [n for n in presets.names() if not n.startswith("EReg(")] + ["ERe
 
 @pytest.mark.parametrize("name", BASE_PRESETS)
 def test_every_preset_gives_the_same_logits_and_entropies_in_pytorch(name):
-    c = presets.model_config(name, **SIZE)
-    model = AeroLM(c)
-    params, state = split_variables(init_variables(model, jax.random.key(0)))
-    params = perturbed(params, seed=1)
-    if state:  # spectral norm: power iterations advanced, as after training steps
-        _, _, state = logits_and_entropy(model, {"params": params, **state}, jnp.zeros((2, 8), jnp.int32), train=True)
-    assert_same_numbers(model, {"params": params, **state}, torch_model(c, params, state), c.max_len)
+    model, params, state = moved_model(name, **SIZE)
+    assert_same_numbers(model, {"params": params, **state}, torch_model(model.config, params, state),
+                        model.config.max_len)
 
 
 @pytest.mark.slow

@@ -53,6 +53,20 @@ def perturbed(tree, seed: int):
     return jax.tree_util.tree_unflatten(structure, moved)
 
 
+def moved_model(name: str, seed: int = 1, **size) -> Tuple[AeroLM, dict, dict]:
+    """(model, params, model state) of a preset with every parameter off its init and, with spectral norm, the
+    power iterations advanced as a training step advances them."""
+    from aero_jax import presets
+    from aero_jax.model import init_variables, split_variables
+
+    model = AeroLM(presets.model_config(name, **size))
+    params, state = split_variables(init_variables(model, jax.random.key(0)))
+    params = perturbed(params, seed=seed)
+    if state:
+        _, _, state = logits_and_entropy(model, {"params": params, **state}, jnp.zeros((2, 8), jnp.int32), train=True)
+    return model, params, state
+
+
 def parity_inputs(vocab_size: int, seq_len: int) -> Dict[str, np.ndarray]:
     """Random rows, full-length rows, one token repeated, and ids a model trained on bytes < 128 never saw."""
     rng = np.random.default_rng(0)
