@@ -107,6 +107,10 @@ class ModelConfig:
     def has_ffn(self, layer: int) -> bool:
         return self.ffn_layers is None or layer in self.ffn_layers
 
+    def norm_of(self, group: str) -> str:
+        """How a group's (qk, v, o, ffn) kernels are reparameterised: weight, spectral or none."""
+        return "weight" if group in self.weight_norm else "spectral" if group in self.spectral_norm else "none"
+
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed; unknown fields are refused by name."""
         check_fields(changes)

@@ -29,9 +29,8 @@ TEMPERATURE_FLOOR = 1e-4  # temperature_param="raw": the learned t is used as ma
 def _linear(c: ModelConfig, features: int, group: str, *, residual: bool = False, name: str) -> Linear:
     """A Linear of a group (qk, v, o, ffn): its norm and bias from the config; residual outputs may get
     GPT-2's 1/sqrt(2L) init."""
-    norm = "weight" if group in c.weight_norm else "spectral" if group in c.spectral_norm else "none"
     std = c.init_std / math.sqrt(2 * c.num_layers) if residual and c.residual_init_scaling else c.init_std
-    return Linear(features, init_std=std, norm=norm, power_iters=c.spectral_norm_iters,
+    return Linear(features, init_std=std, norm=c.norm_of(group), power_iters=c.spectral_norm_iters,
                   use_bias=group in c.bias_groups, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
                   name=name)
 

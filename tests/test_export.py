@@ -269,7 +269,7 @@ def test_hf_to_jax_to_hf_gives_the_same_tensors(corpus, tmp_path):
 def test_jax_to_hf_to_jax_gives_the_same_parameters(trained, tmp_path):
     from aero_jax.evaluate import restore_run
 
-    assert to_pytorch(trained["SM+LN+R"], str(tmp_path / "hf"), format="hf")["format"] == "hf"
+    assert to_pytorch(trained["SM+LN+R"], str(tmp_path / "hf"), layout="hf")["format"] == "hf"
     from_hf(str(tmp_path / "hf"), str(tmp_path / "back"))
     original = restore_run(trained["SM+LN+R"]).state.params
     back = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(
@@ -281,22 +281,30 @@ def test_jax_to_hf_to_jax_gives_the_same_parameters(trained, tmp_path):
 
 # -- bad input, as the user meets it ----------------------------------------------------------------
 
-def _nonfinite_copy(workdir, tmp_path):
-    """A copy of a run whose newest checkpoint (step 12) holds a NaN, written as a diverging trainer would."""
+def _damaged_copy(workdir, tmp_path, damage):
+    """A copy of a run with a checkpoint at step 12 whose state `damage` changed, saved as a trainer saves it."""
     import shutil
 
     from aero_jax.checkpoint import Checkpointer
     from aero_jax.evaluate import restore_run
 
-    copy = tmp_path / "nan_run"
+    copy = tmp_path / f"damaged_{damage.__name__}"
     shutil.copytree(workdir, copy)
     state = restore_run(str(copy)).state
-    params = jax.tree_util.tree_map(np.array, state.params)
-    params["wpe"][0, 0] = np.nan
     checkpointer = Checkpointer(str(copy / "checkpoints"))
-    checkpointer.save(12, state.replace(params=params), {"data_offset": 0, "recoveries": 0, "lr_scale": 1.0})
+    checkpointer.save(12, damage(jax.tree_util.tree_map(np.array, state)),
+                      {"data_offset": 0, "recoveries": 0, "lr_scale": 1.0})
     checkpointer.wait()
     return copy
+
+
+def nan_parameter(state):
+    state.params["wpe"][0, 0] = np.nan
+    return state
+
+
+def zero_spectral_vectors(state):
+    return state.replace(model_state=jax.tree_util.tree_map(np.zeros_like, state.model_state))
 
 
 def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path):
@@ -306,10 +314,15 @@ def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path
     (empty / "config.json").write_bytes((pathlib.Path(trained["SM+LN+G"]) / "config.json").read_bytes())
     _assert_one_line(_command("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "has no checkpoint")
     assert not (tmp_path / "o1").exists()
-    nan_run = _nonfinite_copy(trained["SM+LN+G"], tmp_path)
+    nan_run = _damaged_copy(trained["SM+LN+G"], tmp_path, nan_parameter)
     _assert_one_line(_command("aero-export", "--workdir", nan_run, "--out", tmp_path / "o2"),
                      "checkpoint 12", "non-finite", "accepted:", "--step 8")
+    zero_sigma = _damaged_copy(trained["SM+SNorm(QK+FFN)"], tmp_path, zero_spectral_vectors)
+    _assert_one_line(_command("aero-export", "--workdir", zero_sigma, "--out", tmp_path / "o2"),
+                     "checkpoint 12", "folds to non-finite values in h.0.attn.q_proj.weight", "--step N")
     assert not (tmp_path / "o2").exists()
+    _assert_one_line(_command("aero-export", "--workdir", nan_run, "--out", nan_run.parent, "--overwrite"),
+                     "holds the run", "outside the run")
     _assert_one_line(_command("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", tmp_path / "o3",
                               "--format", "hf"), "ln_attn=False", "--format torch")
     _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
@@ -325,9 +338,13 @@ def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path
     (existing / "keep.txt").write_text("mine")
     _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing),
                      "already exists", "--overwrite")
+    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing, "--overwrite"),
+                     "is not an export")
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
-    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing, "--overwrite").returncode == 0
-    assert (existing / "model.safetensors").exists() and not (existing / "keep.txt").exists()
+    export = tmp_path / "export"
+    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", export).returncode == 0
+    assert _command("aero-export", "--workdir", trained["SM+LN+R"], "--out", export, "--overwrite").returncode == 0
+    assert "SM+LN+R" in (export / "README.md").read_text()
     assert not list(tmp_path.glob("*.partial-*")) and not list(tmp_path.glob("*.previous-*"))
 
 
@@ -354,4 +371,7 @@ def test_bad_imports_are_refused_in_one_line(trained, corpus, tmp_path):
                      "sizes disagree")
     assert not any((tmp_path / f"w{i}").exists() for i in range(1, 5))
     _assert_one_line(_command("aero-import-hf", "--checkpoint", source, "--workdir", trained["SM+LN+R"]),
-                     "already holds a run")
+                     "already exists")
+    (resized / "config.json").write_text(json.dumps({**config, "scale_attn_weights": False}))
+    _assert_one_line(_command("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w5"),
+                     "scale_attn_weights=False is not imported")

@@ -43,29 +43,42 @@ def _choose_format(requested: str, c: ModelConfig) -> str:
     return requested
 
 
-@contextlib.contextmanager
-def staged_directory(out: str, *, overwrite: bool) -> Iterator[str]:
-    """A temporary sibling of OUT to write into, renamed to OUT only when everything is written.
+def check_replaceable(out: str, *, overwrite: bool, flag: str = "--out", protect: str = "") -> None:
+    """Refuse an OUT that exists (unless `overwrite` and it is a previous export) or that holds `protect`."""
+    out, protect = os.path.abspath(out), os.path.abspath(protect) if protect else ""
+    if protect and (protect == out or protect.startswith(out + os.sep)):
+        raise ConfigError(f"{flag}={out} holds the run {protect}; accepted: a folder outside the run")
+    if not os.path.exists(out):
+        return
+    if not overwrite:
+        raise ConfigError(f"{flag}={out} already exists; accepted: a new folder, or --overwrite to replace an export")
+    if not all(os.path.isfile(os.path.join(out, name)) for name in (WEIGHTS_FILE, "config.json")):
+        raise ConfigError(f"{flag}={out} is not an export (no {WEIGHTS_FILE} and config.json); accepted: --overwrite "
+                          f"of a folder aero-export wrote, or a new folder")
 
-    An existing OUT is refused without `overwrite`, and replaced only after the new one is complete.
-    """
+
+@contextlib.contextmanager
+def staged_directory(out: str) -> Iterator[str]:
+    """A temporary sibling of OUT to write into, renamed to OUT only when everything is written; an existing OUT
+    (see check_replaceable) is replaced only then, and put back if that rename fails."""
     out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise ConfigError(f"--out={out} already exists; accepted: a new folder, or --overwrite to replace it")
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"cannot write to {parent} ({error.strerror}); accepted: --out in a writable folder") from error
-    staging = f"{out}.partial-{os.getpid()}"
+        raise ConfigError(f"cannot write to {parent} ({error.strerror}); accepted: a writable folder") from error
+    staging, previous = f"{out}.partial-{os.getpid()}", f"{out}.previous-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
         yield staging
         if os.path.exists(out):
-            previous = f"{out}.previous-{os.getpid()}"
             os.rename(out, previous)
-            os.rename(staging, out)
+            try:
+                os.rename(staging, out)
+            except OSError:
+                os.rename(previous, out)
+                raise
             shutil.rmtree(previous)
         else:
             os.rename(staging, out)
@@ -97,15 +110,15 @@ def aero_config(c: ModelConfig, provenance: dict) -> dict:
         aero=provenance)
 
 
-def _write_tokenizer(config, out: str) -> None:
+def _write_tokenizer(tokenizer, out: str) -> None:
     """The run's tokenizer beside the weights: its BPE tokenizer.json, or a description of the byte one."""
-    if config.data.tokenizer == "bpe":
-        shutil.copyfile(os.path.expanduser(config.data.tokenizer_path), os.path.join(out, "tokenizer.json"))
-    else:
-        description = {"kind": "byte", "vocab_size": 257, "eot_id": 256,
-                       "description": "UTF-8 bytes are the ids 0-255; 256 is end-of-text"}
-        with open(os.path.join(out, BYTE_TOKENIZER_FILE), "w") as f:
-            json.dump(description, f, indent=1)
+    if tokenizer.kind == "bpe":
+        shutil.copyfile(tokenizer.path, os.path.join(out, "tokenizer.json"))
+        return
+    description = {"kind": "byte", "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
+                   "description": f"UTF-8 bytes are the ids 0-255; {tokenizer.eot_id} is end-of-text"}
+    with open(os.path.join(out, BYTE_TOKENIZER_FILE), "w") as f:
+        json.dump(description, f, indent=1)
 
 
 def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
@@ -132,38 +145,36 @@ def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
         "```python", loader, "```", ""])
 
 
-def to_pytorch(workdir: str, out: str, *, step: int = 0, format: str = "auto", dtype: str = "float32",
+def to_pytorch(workdir: str, out: str, *, step: int = 0, layout: str = "auto", dtype: str = "float32",
                overwrite: bool = False) -> dict:
-    """Export a run's checkpoint (newest, or `step`) to OUT; returns what was written."""
+    """Export a run's checkpoint (newest, or `step`) to OUT in a layout (auto, hf, torch); returns what was written."""
     from aero_jax import data
     from aero_jax.evaluate import restore_step
     from aero_jax.run_config import architecture_label, model_config_from
 
-    if format not in FORMATS:
-        raise ConfigError(f"--format={format} is invalid; accepted: {', '.join(FORMATS)}")
+    if layout not in FORMATS:
+        raise ConfigError(f"--format={layout} is invalid; accepted: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype={dtype} is invalid; accepted: {', '.join(DTYPES)}")
-    if os.path.exists(out) and not overwrite:  # before any work: nothing is read or written
-        raise ConfigError(f"--out={os.path.abspath(out)} already exists; accepted: a new folder, or --overwrite to "
-                          f"replace it")
+    check_replaceable(out, overwrite=overwrite, protect=workdir)  # before any work: nothing is read or written
     run = restore_step(workdir, step)
     c = model_config_from(run.config.model)
-    layout = _choose_format(format, c)
+    layout = _choose_format(layout, c)
     tokenizer = data.make_tokenizer(run.config.data.tokenizer, run.config.data.tokenizer_path or None)
     data.check_vocab(tokenizer, c.vocab_size)
     plain = fold.plain_tensors(c, run.state.params, run.state.model_state)
     broken = [name for name, value in plain.items() if not np.all(np.isfinite(value))]
     if broken:
-        raise ConfigError(f"checkpoint {run.step} of {workdir} folds to non-finite values in {', '.join(broken[:3])}; "
-                          f"accepted: a checkpoint of a run that had not diverged (--step)")
+        raise ConfigError(f"checkpoint {run.step} of {workdir} folds to non-finite values in {', '.join(broken[:3])} "
+                          f"(a zero spectral norm or LayerNorm scale); accepted: another checkpoint, --step N")
     summary = {}
     if os.path.exists(os.path.join(workdir, "summary.json")):
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
     provenance = {"architecture": architecture_label(run.config.model), "preset": run.config.model.preset,
-                  "workdir": os.path.abspath(workdir), "step": run.step, "dtype": dtype,
+                  "workdir": workdir, "step": run.step, "dtype": dtype,
                   "validation_perplexity": summary.get("validation_perplexity"), "summary_step": summary.get("step")}
-    with staged_directory(out, overwrite=overwrite) as staging:
+    with staged_directory(out) as staging:
         if layout == "hf":
             _save_tensors(hf.gpt2_tensors(plain, c), os.path.join(staging, WEIGHTS_FILE), dtype)
             config = {**hf.gpt2_config(c, eot_id=tokenizer.eot_id), "aero": provenance}
@@ -177,7 +188,7 @@ def to_pytorch(workdir: str, out: str, *, step: int = 0, format: str = "auto", d
         extras = fold.training_extras(c, run.state.params)
         if extras:
             _save_tensors(extras, os.path.join(staging, EXTRAS_FILE), "float32")
-        _write_tokenizer(run.config, staging)
+        _write_tokenizer(tokenizer, staging)
         with open(os.path.join(staging, "README.md"), "w") as f:
             f.write(model_card(c, provenance, layout))
     return {"out": os.path.abspath(out), "format": layout, "step": run.step, "dtype": dtype,
@@ -185,7 +196,7 @@ def to_pytorch(workdir: str, out: str, *, step: int = 0, format: str = "auto", d
 
 
 def _export_command(args) -> None:
-    result = to_pytorch(args.workdir, args.out, step=args.step, format=args.format, dtype=args.dtype,
+    result = to_pytorch(args.workdir, args.out, step=args.step, layout=args.format, dtype=args.dtype,
                         overwrite=args.overwrite)
     print(f"exported {result['architecture']} (step {result['step']}, {result['dtype']}) as {result['format']} "
           f"to {result['out']}")
@@ -217,6 +228,8 @@ def _read_gpt2_directory(checkpoint: str):
         with open(config_path) as f:
             hf_config = json.load(f)
         tensors = load_file(weights_path)
+        if not isinstance(hf_config, dict):
+            raise ValueError("config.json holds no JSON object")
     except Exception as error:  # bad JSON, a truncated or foreign safetensors file
         raise ConfigError(f"--checkpoint={checkpoint} cannot be read ({type(error).__name__}: "
                           f"{str(error).splitlines()[0] if str(error) else ''}); accepted: a Hugging Face GPT-2 "
@@ -242,21 +255,20 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     from aero_jax.run_config import base_config, validate
     from aero_jax.trainer import CONFIG_FILE, build
     from aero_jax.train_step import create_train_state
-    from aero_jax.workdir import make_workdir, write_text_atomically
+    from aero_jax.workdir import write_text_atomically
 
     hf_config, tensors = _read_gpt2_directory(checkpoint)
     preset, c = hf.model_config_from_gpt2(hf_config, f"--checkpoint={checkpoint}")
-    params = hf.gpt2_to_params(tensors, c, f"--checkpoint={checkpoint}")
+    params = jax.tree_util.tree_map(jnp.asarray, hf.gpt2_to_params(tensors, c, f"--checkpoint={checkpoint}"))
     tokenizer_source = os.path.join(checkpoint, "tokenizer.json")
     byte_level = os.path.isfile(os.path.join(checkpoint, BYTE_TOKENIZER_FILE))  # an aero-export of a byte run
     if not (os.path.isfile(tokenizer_source) or byte_level):
         raise ConfigError(f"--checkpoint={checkpoint} has no tokenizer.json; accepted: a GPT-2 directory with its "
                           f"tokenizer (evaluation and fine-tuning read text through it)")
-    if os.path.exists(os.path.join(workdir, CONFIG_FILE)) or os.path.exists(os.path.join(workdir, "checkpoints")):
-        raise ConfigError(f"--workdir={workdir} already holds a run; accepted: a new folder")
+    if os.path.exists(workdir):
+        raise ConfigError(f"--workdir={workdir} already exists; accepted: a new folder")
     config = base_config()
-    fields = dataclasses.asdict(c)
-    config.model = ml_collections.ConfigDict({"preset": preset, **fields, "ffn_layers": None})
+    config.model = ml_collections.ConfigDict({"preset": preset, **dataclasses.asdict(c), "ffn_layers": None})
     tokenizer_path = os.path.join(os.path.abspath(workdir), "tokenizer.json")
     if not byte_level:
         config.data.update(tokenizer="bpe", tokenizer_path=tokenizer_path)
@@ -264,19 +276,16 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     validate(config)
     data.check_vocab(data.make_tokenizer("byte") if byte_level else data.make_tokenizer("bpe", tokenizer_source),
                      c.vocab_size)
-    make_workdir(workdir)
-    if not byte_level:
-        shutil.copyfile(tokenizer_source, tokenizer_path)
     model, _, optimizer = build(config)
     state = create_train_state(model, optimizer, jax.random.key(config.seed))
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(state.params):
-        raise ConfigError(f"--checkpoint={checkpoint} does not map onto an SM+LN+G model of its config")
     state = state.replace(params=params, opt_state=optimizer.init(params))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-    checkpointer.save(0, state, {"data_offset": 0, "recoveries": 0, "lr_scale": 1.0})
-    checkpointer.wait()
-    write_text_atomically(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
+    with staged_directory(workdir) as staging:  # a failed import leaves no half-written run behind
+        if not byte_level:
+            shutil.copyfile(tokenizer_source, os.path.join(staging, "tokenizer.json"))
+        checkpointer = Checkpointer(os.path.join(staging, "checkpoints"))
+        checkpointer.save(0, state, {"data_offset": 0, "recoveries": 0, "lr_scale": 1.0})
+        checkpointer.wait()
+        write_text_atomically(epath.Path(staging) / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
     return {"workdir": os.path.abspath(workdir), "architecture": preset, "num_layers": c.num_layers,
             "d_model": c.d_model, "vocab_size": c.vocab_size}
 

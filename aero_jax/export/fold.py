@@ -15,7 +15,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import jax.numpy as jnp
 import numpy as np
 
-from aero_jax.config import ModelConfig
+from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.layers import LN_CALIBRATION, SPECTRAL_COLLECTION, spectral_sigma, weight_normalized
 from aero_jax.model import STRENGTH_LOGITS, THRESHOLDS, temperatures
 
@@ -32,22 +32,22 @@ def effective_kernel(linear_params, spectral_state, group_norm: str) -> np.ndarr
     return np.asarray(kernel, np.float32)
 
 
-def _norm_of(c: ModelConfig, group: str) -> str:
-    return "weight" if group in c.weight_norm else "spectral" if group in c.spectral_norm else "none"
-
-
-def _linear(c: ModelConfig, params, state, name: str, group: str, features: int, *,
-            divide_by: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
-    """(weight [out, in], bias [out]) of one Linear, a missing bias as zeros, optionally divided by a scalar."""
-    kernel = effective_kernel(params[name], (state or {}).get(name, {}), _norm_of(c, group))
-    bias = np.asarray(params[name].get("bias", np.zeros(features, np.float32)), np.float32)
+def _folded_linear(c: ModelConfig, params, state, name: str, group: str, *,
+                   divide_by: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """(weight [out, in], bias [out]) of one Linear as evaluation computes it, a missing bias as zeros,
+    optionally divided by a scalar."""
+    kernel = effective_kernel(params[name], (state or {}).get(name, {}), c.norm_of(group))
+    bias = np.asarray(params[name].get("bias", np.zeros(kernel.shape[1], np.float32)), np.float32)
     return kernel.T / divide_by, bias / divide_by
 
 
-def _layer_norm(params, calibration, name: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(scale, bias) of a LayerNorm; a frozen one's scale absorbs the calibrated 1/s."""
+def _folded_layer_norm(params, calibration, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(scale, bias) of a LayerNorm; a frozen one's scale absorbs its calibrated 1/s."""
     scale = np.asarray(params[name]["scale"], np.float32)
     if calibration is not None:
+        if name not in calibration:
+            raise ConfigError(f"the frozen LayerNorm {name} has no calibrated scale; accepted: a checkpoint written "
+                              f"by aero-ln-substitute")
         scale = scale / np.float32(np.asarray(calibration[name]["std"]))
     return scale, np.asarray(params[name]["bias"], np.float32)
 
@@ -63,21 +63,21 @@ def _sub(tree: Optional[dict], *path: str) -> Optional[dict]:
 def _block_tensors(c: ModelConfig, params, model_state, layer: int, global_slope) -> Iterator[Tuple[str, np.ndarray]]:
     block = params[f"block_{layer}"]
     spectral = _sub(model_state, SPECTRAL_COLLECTION, f"block_{layer}")
-    calibration = _sub(model_state, LN_CALIBRATION, f"block_{layer}") if c.ln_frozen else None
+    calibration = (_sub(model_state, LN_CALIBRATION, f"block_{layer}") or {}) if c.ln_frozen else None
     prefix = f"h.{layer}"
     if c.ln_attn:
         yield from zip((f"{prefix}.ln_attn.weight", f"{prefix}.ln_attn.bias"),
-                       _layer_norm(block, calibration, "ln_attn"))
+                       _folded_layer_norm(block, calibration, "ln_attn"))
     attn, attn_state = block["attn"], _sub(spectral, "attn")
     D = c.d_model
     if c.qk_fused:
-        weight, bias = _linear(c, attn, attn_state, "qk", "qk", 2 * D)
+        weight, bias = _folded_linear(c, attn, attn_state, "qk", "qk")
         projections = {"q_proj": (weight[:D], bias[:D]), "k_proj": (weight[D:], bias[D:])}
     else:
-        projections = {"q_proj": _linear(c, attn, attn_state, "query", "qk", D),
-                       "k_proj": _linear(c, attn, attn_state, "key", "qk", D)}
-    projections["v_proj"] = _linear(c, attn, attn_state, "value", "v", D)
-    projections["o_proj"] = _linear(c, attn, attn_state, "out", "o", D)
+        projections = {"q_proj": _folded_linear(c, attn, attn_state, "query", "qk"),
+                       "k_proj": _folded_linear(c, attn, attn_state, "key", "qk")}
+    projections["v_proj"] = _folded_linear(c, attn, attn_state, "value", "v")
+    projections["o_proj"] = _folded_linear(c, attn, attn_state, "out", "o")
     for name, (weight, bias) in projections.items():
         yield f"{prefix}.attn.{name}.weight", weight
         yield f"{prefix}.attn.{name}.bias", bias
@@ -86,20 +86,21 @@ def _block_tensors(c: ModelConfig, params, model_state, layer: int, global_slope
     if not c.has_ffn(layer):
         return
     if c.ln_ffn:
-        yield from zip((f"{prefix}.ln_ffn.weight", f"{prefix}.ln_ffn.bias"), _layer_norm(block, calibration, "ln_ffn"))
+        yield from zip((f"{prefix}.ln_ffn.weight", f"{prefix}.ln_ffn.bias"),
+                       _folded_layer_norm(block, calibration, "ln_ffn"))
     ffn, ffn_state = block["ffn"], _sub(spectral, "ffn")
     alpha = float(np.asarray(block["ffn_alpha"])) if c.ffn_scaling else 1.0
     if c.ffn_fused:
-        linears = {"fused": _linear(c, ffn, ffn_state, "fused", "ffn", D, divide_by=alpha)}
+        linears = {"fused": _folded_linear(c, ffn, ffn_state, "fused", "ffn", divide_by=alpha)}
     else:
-        linears = {"fc_in": _linear(c, ffn, ffn_state, "fc_in", "ffn", c.d_ff),
-                   "fc_out": _linear(c, ffn, ffn_state, "fc_out", "ffn", D, divide_by=alpha)}
+        linears = {"fc_in": _folded_linear(c, ffn, ffn_state, "fc_in", "ffn"),
+                   "fc_out": _folded_linear(c, ffn, ffn_state, "fc_out", "ffn", divide_by=alpha)}
     for name, (weight, bias) in linears.items():
         yield f"{prefix}.ffn.{name}.weight", weight
         yield f"{prefix}.ffn.{name}.bias", bias
     if c.activation in ("leaky_relu", "learnable_leaky_relu"):
-        slope = ffn["leaky_slope"] if c.leaky_slope_scope == "per_layer" and c.activation != "leaky_relu" else \
-            global_slope
+        per_layer = c.activation == "learnable_leaky_relu" and c.leaky_slope_scope == "per_layer"
+        slope = ffn["leaky_slope"] if per_layer else global_slope
         yield f"{prefix}.ffn.slope", np.asarray(slope, np.float32).reshape(())
     if c.ffn_scaling:
         yield f"{prefix}.residual_scale", np.asarray(block["ffn_beta"], np.float32).reshape(())
@@ -115,8 +116,8 @@ def plain_tensors(c: ModelConfig, params, model_state=None) -> Tensors:
     for layer in range(c.num_layers):
         out.update(_block_tensors(c, params, model_state, layer, global_slope))
     if c.ln_final:
-        calibration = _sub(model_state, LN_CALIBRATION) if c.ln_frozen else None
-        out["ln_f.weight"], out["ln_f.bias"] = _layer_norm(params, calibration, "ln_final")
+        calibration = (_sub(model_state, LN_CALIBRATION) or {}) if c.ln_frozen else None
+        out["ln_f.weight"], out["ln_f.bias"] = _folded_layer_norm(params, calibration, "ln_final")
     return out
 
 

@@ -32,7 +32,7 @@ def gpt2_blocker(c: ModelConfig) -> Optional[str]:
     for field, value, why in checks:
         if getattr(c, field) == value:
             return f"{field}={value} ({why})"
-    if c.ffn_layers is not None and tuple(c.ffn_layers) != tuple(range(c.num_layers)):
+    if not all(c.has_ffn(layer) for layer in range(c.num_layers)):
         return f"ffn_layers={c.ffn_layers} (GPT-2 has an FFN in every layer)"
     if c.activation == "learnable_leaky_relu":
         return f"activation={c.activation} (GPT-2's leaky_relu has a fixed slope, {HF_LEAKY_SLOPE})"
@@ -89,6 +89,15 @@ def model_config_from_gpt2(hf_config: dict, source: str) -> Tuple[str, ModelConf
     if hf_config.get("model_type") != "gpt2":
         raise ConfigError(f"{source} describes model_type={hf_config.get('model_type')!r}; accepted: 'gpt2' "
                           f"(a GPT2LMHeadModel checkpoint)")
+    missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size", "n_positions") if k not in hf_config]
+    if missing:
+        raise ConfigError(f"{source}: config.json lacks {', '.join(missing)}; accepted: a GPT2Config")
+    unusual = {k: v for k, v in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                                 ("add_cross_attention", False))
+               if k in hf_config and hf_config[k] != v}
+    if unusual:
+        raise ConfigError(f"{source}: {', '.join(f'{k}={hf_config[k]}' for k in unusual)} is not imported; accepted: "
+                          f"GPT-2's own attention ({', '.join(f'{k}={v}' for k, v in unusual.items())})")
     activation = hf_config.get("activation_function", "gelu_new")
     if activation not in _IMPORTED_ACTIVATIONS:
         raise ConfigError(f"{source}: activation_function={activation!r} is not imported; accepted: "

@@ -62,10 +62,14 @@ class AeroConfig(_ConfigBase):
             super().__init__(**fields)
 
     @classmethod
+    def from_fields(cls, fields: dict) -> "AeroConfig":
+        """The config of a config.json's fields (the class-level keys model_type, architectures, auto_map dropped)."""
+        return cls(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures", "auto_map")})
+
+    @classmethod
     def from_json_file(cls, path: str) -> "AeroConfig":
         with open(path) as f:
-            return cls(**{k: v for k, v in json.load(f).items() if k not in ("model_type", "architectures",
-                                                                               "auto_map")})
+            return cls.from_fields(json.load(f))
 
 
 @dataclasses.dataclass
@@ -173,6 +177,7 @@ class AeroForCausalLM(_ModelBase):
 
     config_class = AeroConfig
     base_model_prefix = "aero"
+    _input_embed_layer = "wte"
 
     def __init__(self, config: AeroConfig):
         if _WITH_TRANSFORMERS:
@@ -184,18 +189,39 @@ class AeroForCausalLM(_ModelBase):
         self.wpe = nn.Embedding(config.max_len, config.d_model)
         self.h = nn.ModuleList(Block(config, layer) for layer in range(config.num_layers))
         self.ln_f = Norm(config) if config.ln_final else None
+        if _WITH_TRANSFORMERS:
+            self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
 
     @classmethod
-    def from_pretrained(cls, path: str, *args, dtype: Optional[torch.dtype] = None, **kwargs) -> "AeroForCausalLM":
-        """Load an exported directory (config.json, model.safetensors); strict: every tensor, nothing else."""
+    def from_pretrained(cls, path: str, *args, dtype=None, torch_dtype=None, **unused) -> "AeroForCausalLM":
+        """Load an exported directory (config.json, model.safetensors); strict: every tensor, nothing else.
+
+        `dtype` (or transformers' `torch_dtype`): a torch dtype or its name; None or "auto" keeps the file's.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+            raise ValueError(f"{path} is not an aero-jax export (no {WEIGHTS_FILE}); accepted: a directory written "
+                             f"by aero-export")
         config = AeroConfig.from_json_file(os.path.join(path, CONFIG_FILE))
         weights = load_file(os.path.join(path, WEIGHTS_FILE))
-        model = cls(config)
-        model.to(dtype or next(iter(weights.values())).dtype)
+        dtype = dtype or torch_dtype
+        if dtype in (None, "auto"):
+            dtype = next(iter(weights.values())).dtype
+        model = cls(config).to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         model.load_state_dict(weights, strict=True)
         return model.eval()
 
-    def forward(self, input_ids: torch.Tensor, return_entropy: bool = False, **unused) -> AeroOutput:
+    def forward(self, input_ids: torch.Tensor, return_entropy: bool = False, attention_mask=None, labels=None,
+                past_key_values=None, **unused) -> AeroOutput:
+        """Logits of every position of unpadded rows; padding, labels and a cache are refused, not ignored."""
+        if labels is not None or past_key_values is not None:
+            raise ValueError("labels and past_key_values are not supported; accepted: input_ids (and an all-ones "
+                             "attention_mask)")
+        if attention_mask is not None and not bool(torch.all(attention_mask == 1)):
+            raise ValueError("padded rows are not supported; accepted: rows of equal length without padding")
         T = input_ids.shape[-1]
         if T > self.config.max_len:
             raise ValueError(f"sequence length {T} is invalid; accepted: at most max_len={self.config.max_len}")

@@ -36,8 +36,7 @@ def torch_model(c: ModelConfig, params, model_state, dtype: str = "float32"):
     import torch
 
     modeling = load_modeling()
-    fields = {k: v for k, v in aero_config(c, {}).items() if k not in ("model_type", "architectures", "auto_map")}
-    model = modeling.AeroForCausalLM(modeling.AeroConfig(**fields))
+    model = modeling.AeroForCausalLM(modeling.AeroConfig.from_fields(aero_config(c, {})))
     plain = fold.plain_tensors(c, params, model_state)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in plain.items()}, strict=True)
     return model.to(getattr(torch, dtype)).eval()
