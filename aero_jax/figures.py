@@ -88,16 +88,17 @@ def temperature_summary(temperatures: Dict[str, np.ndarray], *, title: str):
 
 def validation_curves(curves: Dict[str, List[Tuple[List[int], List[float]]]], *, title: str):
     """Validation perplexity over training, one line per run: the mean over its seeds, the range shaded."""
-    fig, ax = plt.subplots(figsize=(7.0, 4.5))
-    for label, seeds in curves.items():
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(curves), 2)))  # one distinct colour per run
+    for color, (label, seeds) in zip(colors, curves.items()):
         length = min(len(steps) for steps, _ in seeds)
         steps = np.asarray(seeds[0][0][:length])
         values = np.asarray([v[:length] for _, v in seeds], float)
-        line, = ax.plot(steps, values.mean(0), marker="o", markersize=3, label=label)
+        ax.plot(steps, values.mean(0), marker="o", markersize=3, label=label, color=color)
         if len(seeds) > 1:
-            ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2)
     ax.set(xlabel="training step", ylabel="validation perplexity", yscale="log", title=title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
