@@ -139,7 +139,7 @@ def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
         f"{c.vocab_size}, context {c.max_len}.",
         f"- Layout: `{layout}` ({'GPT2LMHeadModel' if layout == 'hf' else 'modeling_aero.py'}), "
         f"{provenance['dtype']}.",
-        f"- Private inference (aero-pi-cost, T={c.max_len}): {cost['nonlinear_ops']} nonlinear operations, "
+        f"- Private inference (aero-pi-cost, T={c.max_len}): nonlinear operations {cost['nonlinear_ops']}; "
         f"{cost['comm_gb']:.3f} GB of communication and {cost['latency_min']:.3f} min of latency per sequence, "
         f"{cost['comm_saving']:.2f}x less communication than SM+LN+G of the same size.", "",
         "```python", loader, "```", ""])
