@@ -2,12 +2,17 @@
 
 Attention is written out so the per-head probabilities are at hand: their entropy is computed
 in-graph and sown into the `intermediates` collection as [B, H, T] per layer (never T x T maps).
+
+Every token carries its absolute position (0, 1, ...; -1 for padding), which picks its position
+embedding and its learned temperatures and decides what it may attend to. With `decode=True` the
+keys, values and positions of the tokens seen so far are kept in the `cache` collection, so a
+generated token costs one position, not a pass over the whole sequence (aero_jax.sample).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -21,6 +26,8 @@ ENTROPY_NAME = "attention_entropy"
 NONFINITE_NAME = "attention_nonfinite"
 THRESHOLDS = "entropy_thresholds"
 STRENGTH_LOGITS = "entropy_strength_logits"
+CACHE = "cache"
+PAD_POSITION = -1  # the position of a padding token: it attends to nothing and nothing attends to it
 
 
 TEMPERATURE_FLOOR = 1e-4  # temperature_param="raw": the learned t is used as max(t, this)
@@ -54,9 +61,38 @@ def _layer_norm(c: ModelConfig, name: str) -> LayerNorm:
                      param_dtype=jnp.dtype(c.param_dtype), name=name)
 
 
-def causal_mask(seq_len: int) -> jnp.ndarray:
-    """[T, S] boolean, true where query i may attend to key j (j <= i)."""
-    return jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))
+def visible(query_positions_BxT: jnp.ndarray, key_positions_BxS: jnp.ndarray) -> jnp.ndarray:
+    """[B, T, S] boolean, true where a query may attend to a key: a real key at or before the query's position."""
+    keys_Bx1xS = key_positions_BxS[:, None, :]
+    return (keys_Bx1xS != PAD_POSITION) & (keys_Bx1xS <= query_positions_BxT[:, :, None])
+
+
+def rows_at(table_NxX: jnp.ndarray, positions_BxT: jnp.ndarray) -> jnp.ndarray:
+    """[B, T, X]: the table's row at each token's position (padding reads row 0, which nothing uses)."""
+    return jnp.take(table_NxX, jnp.maximum(positions_BxT, 0), axis=0)
+
+
+def default_positions(seq_len: int) -> jnp.ndarray:
+    """[1, T]: positions 0..T-1, the same for every row of an unpadded batch."""
+    return jnp.arange(seq_len, dtype=jnp.int32)[None]
+
+
+class Positions(NamedTuple):
+    """Where the tokens of a call sit: queries [B or 1, T] and the keys they see [B or 1, S].
+
+    Without decoding the keys are the queries. While decoding the keys are every cached token and
+    `slot` is where this call's tokens are written in the cache (None while the cache is created).
+    """
+
+    queries_BxT: jnp.ndarray
+    keys_BxS: jnp.ndarray
+    decoding: bool = False
+    slot: Optional[jnp.ndarray] = None
+
+    @classmethod
+    def unpadded(cls, seq_len: int) -> "Positions":
+        """Positions 0..T-1 in every row, no cache: training and evaluation."""
+        return cls(default_positions(seq_len), default_positions(seq_len))
 
 
 class CausalSelfAttention(nn.Module):
@@ -65,9 +101,10 @@ class CausalSelfAttention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    def __call__(self, x_BxTxD: jnp.ndarray, positions: Optional[Positions] = None, *, train: bool) -> jnp.ndarray:
         c = self.config
         B, T, D = x_BxTxD.shape
+        positions = Positions.unpadded(T) if positions is None else positions
         H, K = c.num_heads, c.head_dim
         if c.qk_fused:
             qk_BxTx2D = _linear(c, 2 * D, "qk", name="qk")(x_BxTxD, update_stats=train)
@@ -76,22 +113,38 @@ class CausalSelfAttention(nn.Module):
             q_BxTxHxK = _linear(c, D, "qk", name="query")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
             k_BxSxHxK = _linear(c, D, "qk", name="key")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
         v_BxSxHxK = _linear(c, D, "v", name="value")(x_BxTxD, update_stats=train).reshape(B, T, H, K)
+        if positions.decoding:
+            k_BxSxHxK, v_BxSxHxK = self._cached(k_BxSxHxK, v_BxSxHxK, positions.slot)
 
         scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
                                     preferred_element_type=jnp.float32) / math.sqrt(K)
-        if c.learnable_temperature:  # one positive t per head and query position
+        if c.learnable_temperature:  # one positive t per head and (absolute) query position
             init = c.temperature_init if c.temperature_param == "raw" else math.log(c.temperature_init)
-            p_HxT = self.param(temperature_name(c), nn.initializers.constant(init), (H, c.max_len), jnp.float32)
-            t_HxT = temperature_from(p_HxT, c)
-            scores_BxHxTxS = scores_BxHxTxS / t_HxT[:, :T][None, :, :, None]
-        scores_BxHxTxS = jnp.where(causal_mask(T)[None, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
+            p_HxL = self.param(temperature_name(c), nn.initializers.constant(init), (H, c.max_len), jnp.float32)
+            t_BxTxH = rows_at(temperature_from(p_HxL, c).T, positions.queries_BxT)
+            scores_BxHxTxS = scores_BxHxTxS / jnp.moveaxis(t_BxTxH, -1, 1)[..., None]
+        mask_BxTxS = visible(positions.queries_BxT, positions.keys_BxS)
+        scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)  # masked entries are exact zeros
-        if c.sow_entropy:  # attention diagnostics: entropy per row, count of non-finite probabilities
+        if c.sow_entropy and not positions.decoding:  # diagnostics: entropy per row, non-finite probabilities
             self.sow("intermediates", ENTROPY_NAME, attention_entropy(probs_BxHxTxS))
             self.sow("intermediates", NONFINITE_NAME, jnp.sum(~jnp.isfinite(probs_BxHxTxS)))
 
         out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
         return _linear(c, D, "o", residual=True, name="out")(out_BxTxHxK.reshape(B, T, D), update_stats=train)
+
+    def _cached(self, k_BxTxHxK, v_BxTxHxK, slot):
+        """Write this step's keys and values into the cache at `slot`; every cached key and value.
+
+        While the cache is being created (`slot` is None) its shape is taken from the dummy batch.
+        """
+        cached_k = self.variable(CACHE, "cached_key", jnp.zeros, k_BxTxHxK.shape, k_BxTxHxK.dtype)
+        cached_v = self.variable(CACHE, "cached_value", jnp.zeros, v_BxTxHxK.shape, v_BxTxHxK.dtype)
+        if slot is None:
+            return k_BxTxHxK, v_BxTxHxK
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, slot, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, slot, 0, 0))
+        return cached_k.value, cached_v.value
 
 
 def leaky_relu(x: jnp.ndarray, slope) -> jnp.ndarray:
@@ -136,10 +189,11 @@ class Block(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, x_BxTxD: jnp.ndarray, *, train: bool, global_slope=None) -> jnp.ndarray:
+    def __call__(self, x_BxTxD: jnp.ndarray, positions: Optional[Positions] = None, *, train: bool,
+                 global_slope=None) -> jnp.ndarray:
         c = self.config
         h = _layer_norm(c, "ln_attn")(x_BxTxD) if c.ln_attn else x_BxTxD
-        x_BxTxD = x_BxTxD + CausalSelfAttention(c, name="attn")(h, train=train)
+        x_BxTxD = x_BxTxD + CausalSelfAttention(c, name="attn")(h, positions, train=train)
         if not c.has_ffn(self.layer):
             return x_BxTxD
         h = _layer_norm(c, "ln_ffn")(x_BxTxD) if c.ln_ffn else x_BxTxD
@@ -157,28 +211,37 @@ class AeroLM(nn.Module):
 
     With `train=True` spectral-norm power iterations advance (make `spectral` mutable).
     The EReg thresholds (and optional per-head strength logits) live in the parameter tree so
-    the optimizer learns them; the loss reads them from there.
+    the optimizer learns them; the loss reads them from there. `positions_BxT` gives each token's
+    absolute position (default 0..T-1; -1 marks padding); `decode=True` appends the tokens to the
+    `cache` collection and attends over everything cached (aero_jax.sample.init_cache makes it).
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    def __call__(self, tokens_BxT: jnp.ndarray, *, train: bool = False, positions_BxT: Optional[jnp.ndarray] = None,
+                 decode: bool = False) -> jnp.ndarray:
         c = self.config
         T = tokens_BxT.shape[-1]
         if T > c.max_len:
             raise ValueError(f"sequence length {T} is invalid; accepted: at most max_len={c.max_len}")
+        queries_BxT = default_positions(T) if positions_BxT is None else positions_BxT.astype(jnp.int32)
+        if decode:  # the cache holds one row of positions per sequence
+            positions = self._cached_positions(jnp.broadcast_to(queries_BxT, tokens_BxT.shape))
+        else:
+            positions = Positions(queries_BxT, queries_BxT)
         init = nn.initializers.normal(c.init_std)
         wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, dtype=jnp.dtype(c.dtype),
                        param_dtype=jnp.dtype(c.param_dtype), name="wte")
-        wpe_TxD = self.param("wpe", init, (c.max_len, c.d_model), jnp.dtype(c.param_dtype))
-        x_BxTxD = wte(tokens_BxT) + wpe_TxD[None, :T].astype(jnp.dtype(c.dtype))
+        wpe_LxD = self.param("wpe", init, (c.max_len, c.d_model), jnp.dtype(c.param_dtype))
+        x_BxTxD = wte(tokens_BxT) + rows_at(wpe_LxD, queries_BxT).astype(jnp.dtype(c.dtype))
 
         global_slope = None
         if c.activation == "learnable_leaky_relu" and c.leaky_slope_scope == "global":
             global_slope = self.param("leaky_slope", nn.initializers.constant(c.leaky_slope), (), jnp.float32)
         for layer in range(c.num_layers):
-            x_BxTxD = Block(c, layer, name=f"block_{layer}")(x_BxTxD, train=train, global_slope=global_slope)
+            x_BxTxD = Block(c, layer, name=f"block_{layer}")(x_BxTxD, positions, train=train,
+                                                             global_slope=global_slope)
         if c.ln_final:
             x_BxTxD = _layer_norm(c, "ln_final")(x_BxTxD)
 
@@ -188,6 +251,22 @@ class AeroLM(nn.Module):
             if c.ereg_head_strengths:
                 self.param(STRENGTH_LOGITS, nn.initializers.zeros, shape, jnp.float32)
         return wte.attend(x_BxTxD).astype(jnp.float32)
+
+    def _cached_positions(self, queries_BxT: jnp.ndarray) -> Positions:
+        """Append this call's positions to the cache: the next free slot, and the positions of every cached key.
+
+        Empty slots hold PAD_POSITION, so nothing attends to them. While the cache is being created its
+        length is the dummy batch's.
+        """
+        creating = not self.has_variable(CACHE, "positions")
+        cached = self.variable(CACHE, "positions", jnp.full, queries_BxT.shape, PAD_POSITION, jnp.int32)
+        next_slot = self.variable(CACHE, "next_slot", jnp.zeros, (), jnp.int32)
+        if creating:
+            return Positions(queries_BxT, queries_BxT, decoding=True)
+        slot = next_slot.value
+        cached.value = jax.lax.dynamic_update_slice(cached.value, queries_BxT, (0, slot))
+        next_slot.value = slot + queries_BxT.shape[-1]
+        return Positions(queries_BxT, cached.value, decoding=True, slot=slot)
 
 
 def _stack_sown(intermediates, name: str, num_layers: int) -> jnp.ndarray:

@@ -2,6 +2,8 @@
 
 import pathlib
 import shutil
+import subprocess
+import sys
 import sysconfig
 
 import jax
@@ -11,6 +13,24 @@ from aero_jax import data
 from aero_jax.run_config import base_config, model_section
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+BIN = pathlib.Path(sys.executable).parent  # the console scripts of this environment
+
+
+def run_script(script, *args, timeout=600, **kwargs):
+    """A console script of this environment, run as a user runs it."""
+    return subprocess.run([str(BIN / script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
+
+
+def assert_one_line(result, prog, status, *expected):
+    """The command failed with `status` and said so in one line, `prog: ...`, holding every expected text."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == status, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"{prog}: ") and "Traceback" not in lines[0], lines[0]
+    for text in expected:
+        assert text in lines[0], lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import assert_one_line, run_script, small_config
 
 torch = pytest.importorskip("torch")
 from safetensors.numpy import load_file  # noqa: E402
@@ -23,7 +23,6 @@ from aero_jax.model import AeroLM, init_variables, logits_and_entropy, split_var
 from aero_jax.run_config import model_section  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BIN = pathlib.Path(sys.executable).parent
 TOLERANCE = 1e-4  # float32, absolute, logits and entropies
 SIZE = dict(size="tiny", num_layers=3, vocab_size=257, max_len=32)
 MODELING = load_modeling()
@@ -104,15 +103,6 @@ def _restored(workdir):
     return run.model, {"params": run.state.params, **run.state.model_state}
 
 
-def _command(name, *args, timeout=600):
-    return subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def _assert_one_line(result, *expected):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 FRESH_PROCESS = """
@@ -140,7 +130,7 @@ np.save(sys.argv[4], out.entropy.numpy())
 def test_exported_runs_load_in_a_fresh_process_without_jax(trained, tmp_path):
     for name in ("EReg(SM(t)+ScFuFFN)", "SM+SNorm(QK+FFN)", "SM+LReLU(learnable per layer)"):
         out = tmp_path / presets.slug(name)
-        result = _command("aero-export", "--workdir", trained[name], "--out", out)
+        result = run_script("aero-export", "--workdir", trained[name], "--out", out)
         assert result.returncode == 0, result.stderr
         assert sorted(p.name for p in out.iterdir()) == sorted(
             ["README.md", "byte_tokenizer.json", "config.json", "model.safetensors", "modeling_aero.py"]
@@ -165,7 +155,7 @@ def test_exported_runs_load_in_a_fresh_process_without_jax(trained, tmp_path):
 
 def test_a_bfloat16_export_stays_within_its_tolerance(trained, tmp_path):
     out = tmp_path / "bf16"
-    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", out, "--dtype", "bfloat16",
+    assert run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", out, "--dtype", "bfloat16",
                     "--format", "torch").returncode == 0
     tm = MODELING.AeroForCausalLM.from_pretrained(str(out))
     assert tm.wte.weight.dtype == torch.bfloat16
@@ -183,7 +173,7 @@ def test_the_hf_layout_loads_into_gpt2_and_decodes_greedily_like_jax(trained, tm
     transformers = pytest.importorskip("transformers")
     for name in ("SM+LN+G", "SM+LN+R"):
         out = tmp_path / presets.slug(name)
-        result = _command("aero-export", "--workdir", trained[name], "--out", out)  # auto: hf
+        result = run_script("aero-export", "--workdir", trained[name], "--out", out)  # auto: hf
         assert result.returncode == 0 and "as hf" in result.stdout, result.stderr
         gpt2, info = transformers.GPT2LMHeadModel.from_pretrained(str(out), output_loading_info=True)
         assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
@@ -201,7 +191,7 @@ def test_the_hf_layout_loads_into_gpt2_and_decodes_greedily_like_jax(trained, tm
 def test_the_torch_layout_loads_through_automodel_with_remote_code(trained, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "auto"
-    assert _command("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", out).returncode == 0
+    assert run_script("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", out).returncode == 0
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
     jax_model, variables = _restored(trained["EReg(SM(t)+ScFuFFN)"])
     tokens = parity_inputs(257, 32)["full length"]
@@ -238,13 +228,14 @@ def test_an_imported_gpt2_evaluates_takes_the_substitute_and_fine_tunes(corpus, 
     workdir = tmp_path / "imported"
     assert from_hf(str(_gpt2_directory(tmp_path, text)), str(workdir), data_section=corpus)["architecture"] == \
         "SM+LN+G"
-    evaluated = _command("aero-eval", f"--workdir={workdir}")
+    evaluated = run_script("aero-eval", f"--workdir={workdir}")
     assert evaluated.returncode == 0 and "perplexity" in evaluated.stdout, evaluated.stderr[-2000:]
-    substituted = _command("aero-ln-substitute", "--workdir", workdir, "--calibration-batches", "1")
+    substituted = run_script("aero-ln-substitute", "--workdir", workdir, "--calibration-batches", "1")
     assert substituted.returncode == 0, substituted.stderr[-2000:]
-    tuned = _command("aero-train", f"--config={ROOT / 'configs' / 'from_workdir.py'}:{workdir}", f"--workdir={workdir}",
-                     "--config.train.num_steps=2", "--config.train.batch_size=4", "--config.train.eval_every=2",
-                     "--config.train.eval_batch_size=4", "--config.train.eval_batches=1")
+    tuned = run_script("aero-train", f"--config={ROOT / 'configs' / 'from_workdir.py'}:{workdir}",
+                       f"--workdir={workdir}", "--config.train.num_steps=2", "--config.train.batch_size=4",
+                       "--config.train.eval_every=2", "--config.train.eval_batch_size=4",
+                       "--config.train.eval_batches=1")
     assert tuned.returncode == 0 and "resumed from the checkpoint at step 0" in tuned.stdout + tuned.stderr, \
         tuned.stderr[-2000:]
     assert json.loads((workdir / "summary.json").read_text())["step"] == 2
@@ -254,9 +245,9 @@ def test_an_imported_gpt2_evaluates_takes_the_substitute_and_fine_tunes(corpus, 
 def test_hf_to_jax_to_hf_gives_the_same_tensors(corpus, tmp_path):
     text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:3])
     source = _gpt2_directory(tmp_path, text)
-    result = _command("aero-import-hf", "--checkpoint", source, "--workdir", tmp_path / "imported")
+    result = run_script("aero-import-hf", "--checkpoint", source, "--workdir", tmp_path / "imported")
     assert result.returncode == 0, result.stderr
-    assert _command("aero-export", "--workdir", tmp_path / "imported", "--out", tmp_path / "again").returncode == 0
+    assert run_script("aero-export", "--workdir", tmp_path / "imported", "--out", tmp_path / "again").returncode == 0
     original = load_file(str(source / "model.safetensors"))
     again = load_file(str(tmp_path / "again" / "model.safetensors"))
     original = {k: v for k, v in original.items() if not k.endswith(hf.IGNORED_GPT2_BUFFERS) and k != "lm_head.weight"}
@@ -310,40 +301,43 @@ def zero_spectral_vectors(state):
 def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path):
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    _assert_one_line(_command("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "has no config.json")
+    assert_one_line(run_script("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "aero-export", 2,
+                    "has no config.json")
     (empty / "config.json").write_bytes((pathlib.Path(trained["SM+LN+G"]) / "config.json").read_bytes())
-    _assert_one_line(_command("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "has no checkpoint")
+    assert_one_line(run_script("aero-export", "--workdir", empty, "--out", tmp_path / "o1"), "aero-export", 2,
+                    "has no checkpoint")
     assert not (tmp_path / "o1").exists()
     nan_run = _damaged_copy(trained["SM+LN+G"], tmp_path, nan_parameter)
-    _assert_one_line(_command("aero-export", "--workdir", nan_run, "--out", tmp_path / "o2"),
-                     "checkpoint 12", "non-finite", "accepted:", "--step 8")
+    assert_one_line(run_script("aero-export", "--workdir", nan_run, "--out", tmp_path / "o2"), "aero-export", 2,
+                    "checkpoint 12", "non-finite", "accepted:", "--step 8")
     zero_sigma = _damaged_copy(trained["SM+SNorm(QK+FFN)"], tmp_path, zero_spectral_vectors)
-    _assert_one_line(_command("aero-export", "--workdir", zero_sigma, "--out", tmp_path / "o2"),
-                     "checkpoint 12", "folds to non-finite values in h.0.attn.q_proj.weight", "--step N")
+    assert_one_line(run_script("aero-export", "--workdir", zero_sigma, "--out", tmp_path / "o2"), "aero-export", 2,
+                    "checkpoint 12", "folds to non-finite values in h.0.attn.q_proj.weight", "--step N")
     assert not (tmp_path / "o2").exists()
-    _assert_one_line(_command("aero-export", "--workdir", nan_run, "--out", nan_run.parent, "--overwrite"),
-                     "holds the run", "outside the run")
-    _assert_one_line(_command("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", tmp_path / "o3",
-                              "--format", "hf"), "ln_attn=False", "--format torch")
-    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
-                              "--format", "onnx"), "--format=onnx", "auto, hf, torch")
-    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
-                              "--step", "5"), "step 5 has no checkpoint", "accepted: 4, 8")
-    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
-                              "--step", "five"), "invalid int value: 'five'", "--help")
-    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
-                              "--dtype", "float16"), "--dtype=float16", "float32, bfloat16")
+    assert_one_line(run_script("aero-export", "--workdir", nan_run, "--out", nan_run.parent, "--overwrite"),
+                    "aero-export", 2, "holds the run", "outside the run")
+    assert_one_line(run_script("aero-export", "--workdir", trained["EReg(SM(t)+ScFuFFN)"], "--out", tmp_path / "o3",
+                               "--format", "hf"), "aero-export", 2, "ln_attn=False", "--format torch")
+    assert_one_line(run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                               "--format", "onnx"), "aero-export", 2, "--format=onnx", "auto, hf, torch")
+    assert_one_line(run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                               "--step", "5"), "aero-export", 2, "step 5 has no checkpoint", "accepted: 4, 8")
+    assert_one_line(run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                               "--step", "five"), "aero-export", 2, "invalid int value: 'five'", "--help")
+    assert_one_line(run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", tmp_path / "o4",
+                               "--dtype", "float16"), "aero-export", 2, "--dtype=float16", "float32, bfloat16")
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
-    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing),
-                     "already exists", "--overwrite")
-    _assert_one_line(_command("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing, "--overwrite"),
-                     "is not an export")
+    assert_one_line(run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing), "aero-export", 2,
+                    "already exists", "--overwrite")
+    assert_one_line(run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", existing, "--overwrite"),
+                    "aero-export", 2,
+                    "is not an export")
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     export = tmp_path / "export"
-    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", export).returncode == 0
-    assert _command("aero-export", "--workdir", trained["SM+LN+R"], "--out", export, "--overwrite").returncode == 0
+    assert run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", export).returncode == 0
+    assert run_script("aero-export", "--workdir", trained["SM+LN+R"], "--out", export, "--overwrite").returncode == 0
     assert "SM+LN+R" in (export / "README.md").read_text()
     assert not list(tmp_path.glob("*.partial-*")) and not list(tmp_path.glob("*.previous-*"))
 
@@ -352,26 +346,32 @@ def test_bad_imports_are_refused_in_one_line(trained, corpus, tmp_path):
     text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:2])
     source = _gpt2_directory(tmp_path, text)
     foreign = tmp_path / "foreign"
-    assert _command("aero-export", "--workdir", trained["SM+LN+G"], "--out", foreign, "--format", "torch"
+    assert run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", foreign, "--format", "torch"
                     ).returncode == 0
-    _assert_one_line(_command("aero-import-hf", "--checkpoint", foreign, "--workdir", tmp_path / "w1"),
-                     "model_type='aero'", "accepted: 'gpt2'")
+    assert_one_line(run_script("aero-import-hf", "--checkpoint", foreign, "--workdir", tmp_path / "w1"),
+                    "aero-import-hf", 2,
+                    "model_type='aero'", "accepted: 'gpt2'")
     resized = tmp_path / "resized"
     resized.mkdir()
     for name in ("model.safetensors", "tokenizer.json"):
         (resized / name).write_bytes((source / name).read_bytes())
     config = json.loads((source / "config.json").read_text())
     (resized / "config.json").write_text(json.dumps({**config, "n_embd": 48}))
-    _assert_one_line(_command("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w2"),
-                     "is not a GPT-2 checkpoint of its config.json", "sizes disagree", "wte.weight")
-    _assert_one_line(_command("aero-import-hf", "--checkpoint", tmp_path / "nowhere", "--workdir", tmp_path / "w3"),
-                     "has no config.json")
+    assert_one_line(run_script("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w2"),
+                    "aero-import-hf", 2,
+                    "is not a GPT-2 checkpoint of its config.json", "sizes disagree", "wte.weight")
+    assert_one_line(run_script("aero-import-hf", "--checkpoint", tmp_path / "nowhere", "--workdir", tmp_path / "w3"),
+                    "aero-import-hf", 2,
+                    "has no config.json")
     (resized / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 1}))
-    _assert_one_line(_command("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w4"),
-                     "sizes disagree")
+    assert_one_line(run_script("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w4"),
+                    "aero-import-hf", 2,
+                    "sizes disagree")
     assert not any((tmp_path / f"w{i}").exists() for i in range(1, 5))
-    _assert_one_line(_command("aero-import-hf", "--checkpoint", source, "--workdir", trained["SM+LN+R"]),
-                     "already exists")
+    assert_one_line(run_script("aero-import-hf", "--checkpoint", source, "--workdir", trained["SM+LN+R"]),
+                    "aero-import-hf", 2,
+                    "already exists")
     (resized / "config.json").write_text(json.dumps({**config, "scale_attn_weights": False}))
-    _assert_one_line(_command("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w5"),
-                     "scale_attn_weights=False is not imported")
+    assert_one_line(run_script("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w5"),
+                    "aero-import-hf", 2,
+                    "scale_attn_weights=False is not imported")

@@ -32,31 +32,15 @@ from aero_jax.errors import classify
 from aero_jax.run_config import architecture_label, base_config, model_section, validate
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Trainer
-from conftest import small_config
+from conftest import BIN, assert_one_line, run_script, small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
-BIN = pathlib.Path(sys.executable).parent
 PR_CAPBSET_DROP = 24
 
 
 def data_flags(corpus):
     return [f"--config.data.{k}={v}" for k, v in corpus.items()]
-
-
-def run_script(script, *args, timeout=300, **kwargs):
-    """A console script of this environment, as a user runs it."""
-    return subprocess.run([str(BIN / script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          **kwargs)
-
-
-def assert_one_line(result, prog, status, *expected):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == status, result.stderr[-3000:]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith(f"{prog}: ") and "Traceback" not in lines[0], lines[0]
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 def train_losses(workdir):

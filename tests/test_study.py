@@ -3,17 +3,15 @@
 import json
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import assert_one_line, run_script
 
 from aero_jax import study as study_lib
 from aero_jax.run_log import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BIN = pathlib.Path(sys.executable).parent
 
 SPEC = """
 from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study,
@@ -101,32 +99,26 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     assert "| 0 | 0.01 [0.01, 0.01] |" in temperatures and "claim8_temperatures.png" in temperatures  # the init
 
 
-def _study_command(*args):
-    return subprocess.run([str(BIN / "aero-study"), *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
-def _assert_one_line(result, *expected):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 def test_bad_specs_and_outputs_are_refused_in_one_line(corpus, tmp_path):
     unknown = write_spec(tmp_path, corpus, name="unknown", second="SM+XL")
-    _assert_one_line(_study_command("--spec", unknown, "--out", tmp_path / "o1"), "unknown preset 'SM+XL'")
+    assert_one_line(run_script("aero-study", "--spec", unknown, "--out", tmp_path / "o1"), "aero-study", 2,
+                    "unknown preset 'SM+XL'")
     twice = write_spec(tmp_path, corpus, name="twice", third_name="A")
-    _assert_one_line(_study_command("--spec", twice, "--out", tmp_path / "o2"), "names runs A more than once")
+    assert_one_line(run_script("aero-study", "--spec", twice, "--out", tmp_path / "o2"), "aero-study", 2,
+                    "names runs A more than once")
     other = tmp_path / "other"
     other.mkdir()
     (other / "study.json").write_text(json.dumps({"study": "someone_else"}))
     good = write_spec(tmp_path, corpus, name="good")
-    _assert_one_line(_study_command("--spec", good, "--out", other), "holds the study 'someone_else'")
+    assert_one_line(run_script("aero-study", "--spec", good, "--out", other), "aero-study", 2,
+                    "holds the study 'someone_else'")
     assert json.loads((other / "study.json").read_text()) == {"study": "someone_else"}
 
 
 def test_the_gpt2_codeparrot_variant_dry_runs():
-    result = _study_command("--spec", ROOT / "studies" / "paper_claims.py:gpt2_codeparrot", "--dry-run")
+    result = run_script("aero-study", "--spec", ROOT / "studies" / "paper_claims.py:gpt2_codeparrot", "--dry-run")
     assert result.returncode == 0, result.stderr
     runs = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(runs) == sum(len(r.seeds) for r in study_lib.load_study(
