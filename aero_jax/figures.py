@@ -1,6 +1,7 @@
-"""The papers' figures from runs' saved data (matplotlib, Agg): one function per figure, runs side by side.
+"""The papers' figures from runs' saved data (matplotlib): one function per figure, runs side by side.
 
-Each function takes {run label: data} and returns a Figure, so tests can read the plotted values.
+Each function takes {run label: data} and returns a Figure, so tests can read the plotted values and a
+notebook shows it inline. Commands that only write files call `files_only()` first.
 """
 
 from __future__ import annotations
@@ -8,12 +9,10 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from aero_jax.entropy import ENTROPY_RANGE_EDGES  # noqa: E402
+from aero_jax.entropy import ENTROPY_RANGE_EDGES
 
 RANGE_LABELS = tuple(f"[{lo:g}M, {hi:g}M{']' if hi == 1 else ')'}"
                      for lo, hi in zip(ENTROPY_RANGE_EDGES[:-1], ENTROPY_RANGE_EDGES[1:]))
@@ -147,6 +146,11 @@ def trade_off(points: List[Tuple[str, float, float]], front: List[str], *, x_lab
     ax.set(xlabel=x_label, ylabel="validation perplexity", title="Perplexity against private-inference cost")
     fig.tight_layout()
     return fig
+
+
+def files_only() -> None:
+    """Draw without a display (Agg): figures go to files, never to a window."""
+    matplotlib.use("Agg")
 
 
 def save(fig, path: str) -> str:

@@ -149,6 +149,7 @@ def report(workdirs: List[str], out: str = "") -> Dict[str, str]:
 
 
 def main(argv=None):
+    figures.files_only()
     parser = argparse.ArgumentParser(prog="aero-report", description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--out", default="")

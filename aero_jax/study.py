@@ -727,6 +727,9 @@ def _override_flags(study: Study, run: RunSpec, seed: int) -> str:
 
 
 def main(argv=None):
+    from aero_jax import figures
+
+    figures.files_only()
     parser = argparse.ArgumentParser(prog="aero-study", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="a study file, e.g. studies/paper_claims.py[:variant]")
     parser.add_argument("--out", default="docs/results", help="figures and the report; the page is OUT.md")
