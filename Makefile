@@ -31,6 +31,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/step_throughput.py
 	$(BIN)/python benchmarks/train_loop_overhead.py
 	$(BIN)/python benchmarks/checkpoint_save.py
+	$(BIN)/python benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

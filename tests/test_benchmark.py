@@ -17,3 +17,12 @@ def test_step_throughput_smoke():
         ("SM+LN+G", False), ("EReg(SM+LN+G)", True), ("EReg(SM(t)+ScFuFFN)", True)]
     assert all(r["tokens_per_s"] > 0 for r in runs)
     assert "penalty_share_of_step" in lines[-1]
+
+
+def test_decode_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--tiny", "--repeats", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["position"] for line in lines[:-1]] == [2, 16, 64]
+    assert all(line["cached_ms"] > 0 and line["uncached_ms"] > 0 for line in lines[:-1])
+    assert {"cached_last_over_first", "speedup_at_last", "flat_within_2x", "at_least_10x"} <= set(lines[-1])
