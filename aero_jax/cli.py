@@ -1,7 +1,8 @@
-"""Console entry points: aero-train and aero-eval (absl flags, ml_collections config files).
+"""Console entry points: aero-train, aero-eval, aero-prepare-data (absl flags, ml_collections config files).
 
     aero-train --config=configs/default.py --workdir=workdirs/default [--config.train.num_steps=200]
     aero-eval --workdir=workdirs/default
+    aero-prepare-data --config=configs/gpt2_codeparrot.py:ereg_sm_t_scfuffn
 
 Every command ends in one line when it fails (exit status 2 for bad input, 1 for a run that
 failed); the traceback goes to the workdir's logs/ folder, or to the console with --verbose.
@@ -30,9 +31,13 @@ FLAGS = flags.FLAGS
 LOG_FOLDER = "logs"
 
 
-def _define_train_flags():
+def _define_config_flag():
     config_flags.DEFINE_config_file("config", None, "A config file in configs/, e.g. configs/default.py[:variant].",
                                     lock_config=True)
+
+
+def _define_train_flags():
+    _define_config_flag()
     flags.DEFINE_string("workdir", None, "The run directory (local path or gs://); rerunning resumes it.")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs off TPU pods.")
     flags.DEFINE_integer("num_processes", None, "How many processes the run has (with --coordinator_address).")
@@ -218,3 +223,34 @@ def evaluate():
     _define_verbose()
     flags.mark_flags_as_required(["workdir"])
     app.run(_eval_main, flags_parser=parse_flags("aero-eval"))
+
+
+# -- aero-prepare-data ----------------------------------------------------------------------------
+
+def _prepare_main(argv):
+    del argv
+    _quiet_libraries()
+
+    def body():
+        from aero_jax import data
+        from aero_jax.run_config import model_config_from, validate
+        from aero_jax.trainer import load_data
+
+        config = resolved_config(FLAGS["config"])
+        validate(config)
+        model_config = model_config_from(config.model)
+        tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
+        data.check_vocab(tokenizer, model_config.vocab_size)
+        for split, rows in zip(("train", "validation"), load_data(config, tokenizer, model_config.max_len)):
+            print(json.dumps({"split": split, "rows": rows.shape[0], "seq_len": rows.shape[1], "dtype": str(rows.dtype),
+                              "tokens": int(rows.size), "bytes": int(rows.nbytes), "file": rows.filename}), flush=True)
+
+    run_command("aero-prepare-data", body, verbose=FLAGS.verbose)
+
+
+def prepare_data():
+    """Tokenize and pack a config's train and validation splits into the cache, once, before any run reads them."""
+    _define_config_flag()
+    _define_verbose()
+    flags.mark_flags_as_required(["config"])
+    app.run(_prepare_main, flags_parser=parse_flags("aero-prepare-data"))

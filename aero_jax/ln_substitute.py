@@ -67,7 +67,7 @@ def calibrate(model: AeroLM, params, rows_NxT: np.ndarray, *, batch_size: int, b
         raise ConfigError(f"{len(rows_NxT)} calibration rows are fewer than one batch of {batch_size}")
     sums: Dict = {}
     for i in range(count):
-        sown = apply(params, jnp.asarray(rows_NxT[i * batch_size:(i + 1) * batch_size]))
+        sown = apply(params, jnp.asarray(rows_NxT[i * batch_size:(i + 1) * batch_size], jnp.int32))
         for path, name in _sites(c):
             key = path + (name,)
             sums[key] = sums.get(key, 0.0) + float(_at(sown, key)[LN_STD_NAME][0])
@@ -166,7 +166,7 @@ def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_st
         step = jit_train_step(frozen, tuner)
         for s in range(finetune_steps):
             indices = data.batch_indices(config.seed + 1, s, config.train.batch_size, len(train_rows))
-            state, _ = step(state, jnp.asarray(train_rows[indices]))
+            state, _ = step(state, jnp.asarray(train_rows[indices], jnp.int32))
         result["finetune_steps"] = finetune_steps
         result["perplexity_substitute_finetuned"] = evaluate(state.params, state.model_state, model=frozen)[
             "perplexity"]

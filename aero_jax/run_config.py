@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         dataset="python_stdlib",  # the embedded default; any other name is read with tfds.data_source
         source_dir="",  # python_stdlib only: another folder of .py files instead of the standard library
+        manual_dir="",  # codeparrot_ds only: the downloaded files it is built from once (aero_jax/data/codeparrot.py)
         data_dir="~/.cache/aero_jax/tensorflow_datasets",  # TFDS data_dir (local path or gs://)
         cache_dir="~/.cache/aero_jax/packed",  # tokenized, packed sequences, keyed by their inputs
         tokenizer="byte",  # byte | bpe

@@ -88,7 +88,8 @@ def load_data(config, tokenizer, seq_len: int):
     d = config.data
     common = dict(dataset=d.dataset, tokenizer=tokenizer, seq_len=seq_len, packing=d.packing,
                   data_dir=os.path.expanduser(d.data_dir), cache_dir=os.path.expanduser(d.cache_dir),
-                  source_dir=os.path.expanduser(d.source_dir) if d.source_dir else None)
+                  source_dir=os.path.expanduser(d.source_dir) if d.source_dir else None,
+                  manual_dir=os.path.expanduser(d.manual_dir) if d.get("manual_dir") else None)
     return data.load_split(split="train", **common), data.load_split(split="validation", **common)
 
 
@@ -105,7 +106,7 @@ def evaluate_rows(params, model_state, rows_NxT: np.ndarray, *, model: AeroLM, b
                           f"{batch_size}; accepted: a smaller train.eval_batch_size")
     total = None
     for i in range(count):
-        sums = eval_fn(params, model_state, put(rows_NxT[i * batch_size:(i + 1) * batch_size]))
+        sums = eval_fn(params, model_state, put(rows_NxT[i * batch_size:(i + 1) * batch_size].astype(np.int32)))
         total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
     total = jax.device_get(total)
     loss = float(total["ce_sum"] / total["tokens"])
@@ -186,7 +187,7 @@ class Trainer:
         t = self.config.train
         indices = data.batch_indices(self.config.seed, step + self.data_offset, t.batch_size, len(self.train_rows),
                                      process_index=jax.process_index(), process_count=jax.process_count())
-        return self.train_rows[indices]
+        return self.train_rows[indices].astype(np.int32)  # the cache holds uint16 or uint32
 
     # -- divergence ----------------------------------------------------------------------------
 

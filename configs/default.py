@@ -4,7 +4,10 @@
 
 Finishes in about 10 minutes on 2 CPU cores, data preparation included; the validation
 perplexity should fall well below the bigram perplexity of the same data (see README).
-Variants: `:smoke` (a few steps, for tests).
+Variants: `:smoke` (a few steps, for tests); `:bpe`, the same model on a 4,096-token byte-level
+BPE trained on the embedded dataset, made once with
+
+    aero-tokenizer train --dataset python_stdlib --vocab-size 4096 --out ~/.cache/aero_jax/stdlib_bpe4096.json
 """
 
 from aero_jax.run_config import base_config, model_section
@@ -25,6 +28,9 @@ def get_config(variant: str = ""):
         c.model = model_section("EReg(SM(t)+ScFuFFN)", size="tiny", vocab_size=257, max_len=32)
         c.train.update(num_steps=8, batch_size=4, log_every=2, eval_every=4, eval_batch_size=4, eval_batches=2,
                        checkpoint_every=4)
+    elif variant == "bpe":
+        c.model.vocab_size = 4096
+        c.data.update(tokenizer="bpe", tokenizer_path="~/.cache/aero_jax/stdlib_bpe4096.json")
     elif variant:
-        raise ValueError(f"unknown variant {variant!r} of configs/default.py; accepted: smoke")
+        raise ValueError(f"unknown variant {variant!r} of configs/default.py; accepted: smoke, bpe")
     return c

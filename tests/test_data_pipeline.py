@@ -45,7 +45,8 @@ def test_load_split_tokenizes_packs_and_caches(builtin, monkeypatch):
     rows = load_split(split="validation", seq_len=16, packing="concat", **builtin)
     docs = [np.frombuffer(SOURCE_TEXTS[p].encode(), np.uint8) for p in VALIDATION]
     np.testing.assert_array_equal(rows, pack(docs, 16, "concat", eot_id=256))
-    monkeypatch.setattr(pipeline, "pack", lambda *a, **k: pytest.fail("rebuilt instead of reusing the cache"))
+    assert rows.dtype == np.uint16 and isinstance(rows, np.memmap)  # 257 ids fit in 16 bits
+    monkeypatch.setattr(pipeline, "pack_blocks", lambda *a, **k: pytest.fail("rebuilt instead of reusing the cache"))
     np.testing.assert_array_equal(load_split(split="validation", seq_len=16, packing="concat", **builtin), rows)
 
 

@@ -1,9 +1,10 @@
 """Data: the embedded python_stdlib dataset, tokenizers, packing, the on-disk cache, the sampler.
 
-Importing this package registers the python_stdlib TFDS builder.
+Importing this package registers the python_stdlib and codeparrot_ds TFDS builders.
 """
 
 from aero_jax.data.cache import cached_array
+from aero_jax.data.codeparrot import CodeparrotDs
 from aero_jax.data.packing import PACKING_MODES, pack
 from aero_jax.data.pipeline import load_split, ngram_perplexity
 from aero_jax.data.sampler import batch_indices
@@ -19,6 +20,7 @@ from aero_jax.data.tokenizers import (
 
 __all__ = [
     "BPETokenizer",
+    "CodeparrotDs",
     "ByteTokenizer",
     "PACKING_MODES",
     "PythonStdlib",

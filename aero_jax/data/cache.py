@@ -1,7 +1,8 @@
 """An on-disk array cache that is trusted only when complete and built for the same key.
 
 Layout in `cache_dir`, for `stem = <name>-<first 16 hex digits of sha256(key)>`:
-  <stem>.npy   the array, written first (temporary file, fsync, os.replace)
+  <stem>.npy   the array, written first (temporary file, fsync, os.replace); a build may stream it
+               block by block (`Rows`), so no array larger than one block is ever held in memory
   <stem>.json  the manifest (key, shape, dtype, byte count, sha256), written last the same way
   <stem>.lock  an flock file, so concurrent builders of one key wait instead of racing
 A manifest is removed before its array is rewritten, so a manifest on disk always describes the
@@ -18,10 +19,12 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import struct
 import tempfile
-from typing import Callable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -30,11 +33,25 @@ from aero_jax.config import ConfigError
 FORMAT_VERSION = 1  # bump when the array layout or the manifest changes
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
 
+_HEADER_BYTES = 128  # the .npy header of a streamed array: room for any shape of a few dimensions
+
 log = logging.getLogger(__name__)
 
 
-def cached_array(cache_dir: str, key: dict, build: Callable[[], np.ndarray], *, name: str) -> np.ndarray:
-    """The array for `key`: read (memory-mapped, read-only) when cached, else built and cached."""
+class Rows(NamedTuple):
+    """Blocks of rows [n, *row_shape] of one dtype, written to the cache as they come."""
+
+    row_shape: Tuple[int, ...]
+    dtype: np.dtype
+    blocks: Iterable[np.ndarray]
+
+
+def cached_array(cache_dir: str, key: dict, build: Callable[[], Union[np.ndarray, Rows]], *,
+                 name: str) -> np.ndarray:
+    """The array for `key`: read (memory-mapped, read-only) when cached, else built and cached.
+
+    `build()` returns the array, or `Rows` whose blocks are streamed to disk one at a time.
+    """
     if not _NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"cache name={name!r} is invalid; accepted: letters, digits, '_' and '-'")
     if "://" in os.fspath(cache_dir):
@@ -50,10 +67,10 @@ def cached_array(cache_dir: str, key: dict, build: Callable[[], np.ndarray], *, 
         if cached is not None:
             return cached
         _remove_stale_temporaries(stem)
-        array = np.ascontiguousarray(build())
+        built = build()
+        rows = built if isinstance(built, Rows) else Rows(built.shape[1:], built.dtype, [built])
         _remove_if_present(manifest_path)
-        _write_atomically(array_path, lambda f: np.save(f, array, allow_pickle=False))
-        manifest = _manifest(full_key, array)
+        manifest = _manifest(full_key, _write_atomically(array_path, lambda f: write_rows(f, rows)))
         _write_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return np.load(array_path, mmap_mode="r")
 
@@ -122,24 +139,51 @@ def _checksum_problem(array_path: str, array: np.ndarray, promised: Optional[str
     return ""
 
 
-def _manifest(full_key: dict, array: np.ndarray) -> dict:
-    """What a later call checks before trusting the array."""
-    return {
-        "key": full_key,
-        "shape": list(array.shape),
-        "dtype": str(array.dtype),
-        "nbytes": int(array.nbytes),
-        "sha256": hashlib.sha256(array.data).hexdigest(),
-    }
+def _manifest(full_key: dict, written: dict) -> dict:
+    """What a later call checks before trusting the array: its key, and the shape, bytes and sha256 written."""
+    return {"key": full_key, **written}
 
 
-def _write_atomically(path: str, write: Callable) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over `path`."""
+def write_rows(f, rows: Rows) -> dict:
+    """Write an .npy file block by block and return what the manifest promises of it.
+
+    The header, whose row count is known only at the end, fills a fixed-size space written last.
+    """
+    dtype, row_shape = np.dtype(rows.dtype), tuple(rows.row_shape)
+    f.write(b"\0" * _HEADER_BYTES)
+    digest, count = hashlib.sha256(), 0
+    for block in rows.blocks:
+        block = np.ascontiguousarray(block)
+        if block.dtype != dtype or block.shape[1:] != row_shape:
+            raise ValueError(f"a block of {block.dtype} {block.shape} among rows of {dtype} [n, {row_shape}]")
+        data = memoryview(block).cast("B")
+        f.write(data)
+        digest.update(data)
+        count += block.shape[0]
+    shape = (count, *row_shape)
+    f.seek(0)
+    f.write(_npy_header(shape, dtype))
+    f.seek(0, os.SEEK_END)
+    return {"shape": list(shape), "dtype": str(dtype), "nbytes": count * dtype.itemsize * math.prod(row_shape),
+            "sha256": digest.hexdigest()}
+
+
+def _npy_header(shape: Tuple[int, ...], dtype: np.dtype) -> bytes:
+    """An .npy version 1.0 header of exactly _HEADER_BYTES bytes (the format allows space padding)."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    room = _HEADER_BYTES - 10  # magic string (6), version (2), header length (2)
+    if len(text) >= room:
+        raise ValueError(f"an array of shape {shape} needs a longer .npy header than {_HEADER_BYTES} bytes")
+    return np.lib.format.magic(1, 0) + struct.pack("<H", room) + (text.ljust(room - 1) + "\n").encode("latin1")
+
+
+def _write_atomically(path: str, write: Callable):
+    """Write through a temporary file in the same folder, fsync, then rename over `path`; what `write` returns."""
     folder, base = os.path.split(path)
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            written = write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; others may read the cache
@@ -148,6 +192,7 @@ def _write_atomically(path: str, write: Callable) -> None:
         _remove_if_present(temporary)
         raise
     _fsync_folder(folder)
+    return written
 
 
 def _remove_stale_temporaries(stem: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -24,16 +24,26 @@ def pack(docs: Iterable[np.ndarray], seq_len: int, mode: str, eot_id: int) -> np
     is then a target, and the tokens after it are predicted from context that includes the
     previous document.
     """
+    blocks = list(pack_blocks(docs, seq_len, mode, eot_id))
+    return np.concatenate(blocks, axis=0) if blocks else np.zeros((0, seq_len), dtype=np.int32)
+
+
+def pack_blocks(docs: Iterable[np.ndarray], seq_len: int, mode: str, eot_id: int, *,
+                dtype=np.int32) -> Iterator[np.ndarray]:
+    """The rows of `pack`, streamed: one block per document that completes a row, never more in memory.
+
+    "concat" carries the tokens past the last full row (fewer than seq_len) into the next document.
+    """
     check_packing(seq_len, mode)
-    if mode == "chunk":
-        rows = [_whole_rows(_as_ids(doc), seq_len) for doc in docs]
-    else:
-        eot_1 = np.array([eot_id], dtype=np.int32)
-        stream = [piece for doc in docs for piece in (_as_ids(doc), eot_1)]
-        rows = [_whole_rows(np.concatenate(stream), seq_len)] if stream else []
-    if not rows:
-        return np.zeros((0, seq_len), dtype=np.int32)
-    return np.concatenate(rows, axis=0)
+    carry_N = np.zeros(0, dtype=np.int32)
+    eot_1 = np.array([eot_id], dtype=np.int32)
+    for doc in docs:
+        ids_N = _as_ids(doc) if mode == "chunk" else np.concatenate([carry_N, _as_ids(doc), eot_1])
+        rows_RxT = _whole_rows(ids_N, seq_len)
+        if mode == "concat":
+            carry_N = ids_N[rows_RxT.size:]
+        if rows_RxT.shape[0]:
+            yield rows_RxT.astype(dtype)
 
 
 def _whole_rows(ids_N: np.ndarray, seq_len: int) -> np.ndarray:

@@ -1,25 +1,30 @@
 """From a TFDS dataset split to cached, packed token rows; and n-gram baselines to compare against.
 
-    dataset split (TFDS, ArrayRecord) -> tokenizer -> pack -> cached int32 [N, T] array on disk
+    dataset split (TFDS, ArrayRecord) -> tokenizer (batches) -> pack -> [N, T] rows streamed to disk
+
+The rows are uint16 when the vocabulary fits (else uint32) and are read back memory-mapped, so
+neither preparing nor training holds the corpus in memory.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Iterator, Mapping, Optional, Tuple
+import time
+from typing import Iterable, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from aero_jax.config import ConfigError
-from aero_jax.data.cache import cached_array
-from aero_jax.data.packing import check_packing, pack
-from aero_jax.data.stdlib import prepare_stdlib
+from aero_jax.data.cache import Rows, cached_array, exclusive_lock
+from aero_jax.data.packing import check_packing, pack_blocks
+from aero_jax.data.stdlib import prepare_stdlib, remove_incomplete_builds
 from aero_jax.data.tokenizers import Tokenizer
 
 BUILTIN_DATASETS = ("python_stdlib",)
+MANUAL_DATASETS = ("codeparrot_ds/released", "codeparrot_ds/full")  # built once from data.manual_dir
 NGRAM_ORDERS = (1, 2)
 _READ_BATCH = 256  # records fetched per random-access read
 
@@ -34,17 +39,16 @@ def load_split(
     data_dir: str,
     cache_dir: str,
     source_dir: Optional[str] = None,
+    manual_dir: Optional[str] = None,
 ) -> np.ndarray:
-    """Packed token rows int32 [N, seq_len] of one split, built once and then read from cache_dir.
+    """Packed token rows [N, seq_len] (uint16 or uint32) of one split, built once and then read from cache_dir.
 
     `source_dir` (python_stdlib only) builds the dataset from that folder of .py files instead of
-    the interpreter's standard library.
+    the interpreter's standard library; `manual_dir` holds the downloaded files a manual dataset
+    (codeparrot_ds) is built from the first time.
     """
     check_packing(seq_len, packing)
-    sources, info = _open_dataset(dataset, data_dir, source_dir or None)
-    if split not in sources:
-        raise ConfigError(f"split={split!r} is invalid for {dataset}; accepted: {', '.join(sorted(sources))}")
-    source = sources[split]
+    source, info = _open_split_and_info(dataset, split, data_dir, source_dir or None, manual_dir or None)
     key = {
         "dataset": dataset,
         "dataset_version": str(info.version),
@@ -54,20 +58,35 @@ def load_split(
         "tokenizer": tokenizer.fingerprint,
         "seq_len": seq_len,
         "packing": packing,
+        "dtype": str(token_dtype(tokenizer.vocab_size)),
     }
 
-    def build() -> np.ndarray:
-        texts = _texts(source, desc=f"tokenizing {dataset}/{split}")
-        rows_NxT = pack((tokenizer.encode(text) for text in texts), seq_len, packing, tokenizer.eot_id)
-        if rows_NxT.shape[0] == 0:
-            raise ConfigError(
-                f"split {split!r} of {dataset} yields no sequences of length T={seq_len}; "
-                f"use a shorter seq_len or packing='concat'"
-            )
-        return rows_NxT
+    def build() -> Rows:
+        dtype = token_dtype(tokenizer.vocab_size)
+        docs = (ids for batch in texts(source, desc=f"tokenizing {dataset}/{split}")
+                for ids in tokenizer.encode_batch(batch))
+        blocks = pack_blocks(docs, seq_len, packing, tokenizer.eot_id, dtype=dtype)
+        empty = (f"split {split!r} of {dataset} yields no sequences of length T={seq_len}; "
+                 f"use a shorter seq_len or packing='concat'")
+        return Rows((seq_len,), dtype, _at_least_one_row(blocks, empty))
 
     name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{dataset}_{split}_T{seq_len}_{packing}")
     return cached_array(cache_dir, key, build, name=name)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every token id: uint16 up to 65,536 ids, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def _at_least_one_row(blocks: Iterable[np.ndarray], message: str) -> Iterator[np.ndarray]:
+    """The blocks, then ConfigError(message) if there were no rows (the half-written cache is dropped)."""
+    rows = 0
+    for block in blocks:
+        rows += block.shape[0]
+        yield block
+    if rows == 0:
+        raise ConfigError(message)
 
 
 def ngram_perplexity(train_BxT: np.ndarray, eval_BxT: np.ndarray, *, order: int, vocab_size: int) -> float:
@@ -94,8 +113,22 @@ def ngram_perplexity(train_BxT: np.ndarray, eval_BxT: np.ndarray, *, order: int,
     return float(np.exp(-log_probs.mean()))
 
 
+def open_split(dataset: str, split: str, *, data_dir: str, source_dir: Optional[str] = None,
+               manual_dir: Optional[str] = None):
+    """A random-access source of one split's records (built when needed: python_stdlib, manual datasets)."""
+    return _open_split_and_info(dataset, split, data_dir, source_dir, manual_dir)[0]
+
+
+def _open_split_and_info(dataset: str, split: str, data_dir: str, source_dir: Optional[str],
+                         manual_dir: Optional[str] = None):
+    sources, info = _open_dataset(dataset, data_dir, source_dir, manual_dir)
+    if split not in sources:
+        raise ConfigError(f"split={split!r} is invalid for {dataset}; accepted: {', '.join(sorted(sources))}")
+    return sources[split], info
+
+
 def _open_dataset(
-    dataset: str, data_dir: str, source_dir: Optional[str]
+    dataset: str, data_dir: str, source_dir: Optional[str], manual_dir: Optional[str] = None
 ) -> Tuple[Mapping[str, object], tfds.core.DatasetInfo]:
     """Random-access sources by split name, and the dataset's info; prepares python_stdlib if needed."""
     if not data_dir:
@@ -104,6 +137,11 @@ def _open_dataset(
         builder = prepare_stdlib(data_dir, source_dir=source_dir)
     elif source_dir:
         raise ConfigError(f"source_dir={source_dir!r} is only used with dataset={BUILTIN_DATASETS[0]!r}, not {dataset!r}")
+    elif dataset in MANUAL_DATASETS:
+        builder = _built_from_manual_dir(dataset, data_dir, manual_dir)
+    elif manual_dir:
+        raise ConfigError(f"manual_dir={manual_dir!r} is only used with dataset={' or '.join(MANUAL_DATASETS)}, "
+                          f"not {dataset!r}")
     else:
         builder = _prepared_builder(dataset, data_dir)
     try:
@@ -111,6 +149,26 @@ def _open_dataset(
     except NotImplementedError as error:  # e.g. a dataset prepared as TFRecord
         raise ConfigError(f"{dataset} in {data_dir} cannot be read by index; prepare it with "
                           f"file_format='array_record' ({error})") from error
+
+
+def _built_from_manual_dir(dataset: str, data_dir: str, manual_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+    """A manual dataset's builder, prepared from `manual_dir` the first time (one builder at a time)."""
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if builder.is_prepared():  # readers stop here: nothing is written to a prepared data_dir
+        return builder
+    if not manual_dir:
+        raise ConfigError(f"dataset={dataset!r} is not prepared in {data_dir}; accepted: data.manual_dir=<folder of "
+                          f"the downloaded files> to build it once (aero-prepare-data)")
+    manual_dir = os.path.expanduser(manual_dir)
+    builder.split_files(manual_dir)  # a missing, empty or foreign folder fails here, before anything is written
+    name = dataset.split("/")[0]
+    os.makedirs(data_dir, exist_ok=True)
+    with exclusive_lock(os.path.join(data_dir, f"{name}.lock")):
+        remove_incomplete_builds(os.path.join(data_dir, name, dataset.split("/")[1]))
+        builder = tfds.builder(dataset, data_dir=data_dir)  # another process may have built it meanwhile
+        if not builder.is_prepared():
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
 
 
 def _prepared_builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
@@ -139,17 +197,25 @@ def _prepared_names(data_dir: str) -> Tuple[str, ...]:
     return tuple(sorted({os.fspath(info.parent.parent.relative_to(root)) for info in infos}))
 
 
-def _texts(source, *, desc: str) -> Iterator[str]:
-    """The `text` feature of every record, in order, decoded as UTF-8, with a progress bar."""
+def texts(source, *, desc: str) -> Iterator[list]:
+    """The `text` feature of every record, in order and in batches, decoded as UTF-8, with a progress bar
+    in documents/s and MB/s."""
+    started, megabytes = time.perf_counter(), 0.0
     with tqdm(total=len(source), desc=desc, unit="doc") as progress:
         for start in range(0, len(source), _READ_BATCH):
             records = source.__getitems__(list(range(start, min(start + _READ_BATCH, len(source)))))
-            for record in records:
-                if "text" not in record:
-                    raise ConfigError(f"records have features {sorted(record)}; accepted: a dataset with a 'text' feature")
-                text = record["text"]
-                yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+            texts = [_text_of(record) for record in records]
+            yield texts
+            megabytes += sum(len(t) for t in texts) / 1e6  # characters: bytes for the ASCII of source code
+            progress.set_postfix_str(f"{megabytes / max(time.perf_counter() - started, 1e-9):.1f} MB/s", refresh=False)
             progress.update(len(records))
+
+
+def _text_of(record) -> str:
+    if "text" not in record:
+        raise ConfigError(f"records have features {sorted(record)}; accepted: a dataset with a 'text' feature")
+    text = record["text"]
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
 
 
 def _context_target_pairs(tokens_BxT: np.ndarray, vocab_size: int, name: str) -> Tuple[np.ndarray, np.ndarray]:

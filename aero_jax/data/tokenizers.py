@@ -1,15 +1,22 @@
 """Tokenizers: raw UTF-8 bytes (the default, no file needed) or a BPE `tokenizer.json`.
 
+    aero-tokenizer train --dataset python_stdlib --vocab-size 4096 --out tokenizer.json
+
+trains a GPT-2-style byte-level BPE on a dataset split, streaming its documents (for a user who
+cannot download the papers' tokenizer from the hub).
+
 Every tokenizer has `vocab_size`, `eot_id` (the end-of-text id used by packing), `fingerprint`
 (part of the cache key, so a changed tokenizer never reuses old token arrays), `kind`, and
-`encode(text) -> int32 [n]` / `decode(ids) -> str`.
+`encode(text) -> int32 [n]`, `encode_batch(texts) -> [int32 [n], ...]` (threaded for BPE) and
+`decode(ids) -> str`.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
-from typing import Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence
 
 import numpy as np
 import tokenizers
@@ -32,6 +39,8 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> np.ndarray: ...
 
+    def encode_batch(self, texts: Sequence[str]) -> List[np.ndarray]: ...
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
@@ -49,6 +58,9 @@ class ByteTokenizer:
     def encode(self, text: str) -> np.ndarray:
         """The UTF-8 bytes of `text` as int32 ids."""
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def encode_batch(self, texts: Sequence[str]) -> List[np.ndarray]:
+        return [self.encode(text) for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Bytes back to text; end-of-text shows as <|endoftext|>, broken UTF-8 as U+FFFD."""
@@ -83,6 +95,11 @@ class BPETokenizer:
         """Token ids of `text` as int32, without special tokens (packing adds end-of-text)."""
         return np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
+    def encode_batch(self, texts: Sequence[str]) -> List[np.ndarray]:
+        """`encode` of every text, the tokenizers library spreading the batch over its threads."""
+        return [np.asarray(e.ids, dtype=np.int32)
+                for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to text, special tokens kept visible."""
         return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False)
@@ -97,7 +114,7 @@ def make_tokenizer(kind: str, path: Optional[str] = None) -> Tokenizer:
     if kind == "bpe":
         if not path:
             raise ConfigError("tokenizer kind='bpe' needs path=<tokenizer.json>")
-        return BPETokenizer(path)
+        return BPETokenizer(os.path.expanduser(path))
     raise ConfigError(f"tokenizer kind={kind!r} is invalid; accepted: {', '.join(TOKENIZER_KINDS)}")
 
 
@@ -108,6 +125,60 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
             f"model vocab_size={model_vocab_size} does not match the {tokenizer.kind} tokenizer's "
             f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}"
         )
+
+
+def train_bpe(text_batches, *, vocab_size: int, num_documents: int) -> tokenizers.Tokenizer:
+    """A byte-level BPE (GPT-2's pre-tokenizer and decoder) with <|endoftext|>, trained on batches of texts.
+
+    Memory grows with the distinct pre-tokenized words, not with the corpus: batches stream through.
+    """
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tokenizer = tokenizers.Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TOKEN], show_progress=True,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(text_batches, trainer=trainer, length=num_documents)
+    return tokenizer
+
+
+def _train_command(args) -> None:
+    from aero_jax.data.pipeline import open_split, texts
+
+    minimum = len(tokenizers.pre_tokenizers.ByteLevel.alphabet()) + 1
+    if args.vocab_size < minimum:
+        raise ConfigError(f"--vocab-size {args.vocab_size} is invalid; accepted: at least {minimum} (256 bytes and "
+                          f"{EOT_TOKEN})")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise ConfigError(f"--out {args.out} already exists; accepted: a new path, or --overwrite to replace it")
+    source = open_split(args.dataset, args.split, data_dir=os.path.expanduser(args.data_dir),
+                        source_dir=os.path.expanduser(args.source_dir) if args.source_dir else None)
+    tokenizer = train_bpe(texts(source, desc=f"reading {args.dataset}/{args.split}"), vocab_size=args.vocab_size,
+                          num_documents=len(source))
+    folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(args.out)}.partial")
+    tokenizer.save(temporary)
+    os.replace(temporary, args.out)
+    print(f"wrote {args.out}: byte-level BPE, {tokenizer.get_vocab_size()} tokens, end-of-text id "
+          f"{tokenizer.token_to_id(EOT_TOKEN)}")
+
+
+def main(argv=None):
+    from aero_jax.errors import argparse_main
+
+    parser = argparse.ArgumentParser(prog="aero-tokenizer", description="Train a byte-level BPE tokenizer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a byte-level BPE on a dataset split")
+    train.add_argument("--dataset", default="python_stdlib", help="python_stdlib or a dataset prepared in --data-dir")
+    train.add_argument("--split", default="train")
+    train.add_argument("--vocab-size", type=int, required=True, help="tokens, <|endoftext|> included")
+    train.add_argument("--out", required=True, help="the tokenizer.json to write")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    train.add_argument("--data-dir", default="~/.cache/aero_jax/tensorflow_datasets")
+    train.add_argument("--source-dir", default="", help="python_stdlib only: another folder of .py files")
+    argparse_main("aero-tokenizer", parser, _train_command, argv)
 
 
 def _load_tokenizer_file(path: str) -> tokenizers.Tokenizer:

@@ -1,0 +1,168 @@
+"""codeparrot_ds: the data of the papers' released training code, built from files the user downloaded.
+
+The released `run_clm.py` trains on `huggingface-course/codeparrot-ds-train` shuffled with seed 0,
+its first num_token_mult x 100,000 documents (600,000 in the released scripts), and validates on
+`huggingface-course/codeparrot-ds-valid` shuffled with seed 0, its first 2,000; the text is the
+`content` field. Config `released` makes exactly that selection (the shuffle of the `datasets`
+library is numpy's default_rng(seed).permutation over the documents in file order); config `full`
+keeps every document. Nothing is downloaded at run time: the builder reads a manual folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from aero_jax.config import ConfigError
+
+FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
+SPLIT_FOLDERS = {"train": "codeparrot-ds-train", "validation": "codeparrot-ds-valid"}
+TEXT_FIELD = "content"
+RELEASED_SEED = 0
+_IGNORED = ("README.md", ".gitattributes")
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+Download the two dataset repositories as they are published into one folder, then pass it as
+data.manual_dir (or --manual_dir to `tfds build`):
+
+    pip install -U "huggingface_hub[cli]"
+    huggingface-cli download huggingface-course/codeparrot-ds-train --repo-type dataset \\
+        --local-dir MANUAL_DIR/{SPLIT_FOLDERS["train"]}
+    huggingface-cli download huggingface-course/codeparrot-ds-valid --repo-type dataset \\
+        --local-dir MANUAL_DIR/{SPLIT_FOLDERS["validation"]}
+
+Each folder may hold the files as parquet or as JSON lines (plain or gzipped); the format is
+detected from the file names ({", ".join(FORMATS)}).
+"""
+
+
+class CodeparrotDsConfig(tfds.core.BuilderConfig):
+    """How many documents of each split to keep after the seed-0 shuffle (None: all of them)."""
+
+    def __init__(self, *, train_documents: Optional[int], validation_documents: Optional[int], **kwargs):
+        super().__init__(**kwargs)
+        self.documents = {"train": train_documents, "validation": validation_documents}
+
+
+class CodeparrotDs(tfds.core.GeneratorBasedBuilder):
+    """Python files of the codeparrot-ds datasets (text and index in the published order)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "The released selection and the full splits, from parquet or JSON lines."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        CodeparrotDsConfig(name="released", description="run_clm.py's selection: 600,000 train and 2,000 "
+                           "validation documents after a seed-0 shuffle", train_documents=600_000,
+                           validation_documents=2_000),
+        CodeparrotDsConfig(name="full", description="every document of both splits", train_documents=None,
+                           validation_documents=None),
+    ]
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__.splitlines()[0],
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
+                                                 "index": tfds.features.Scalar(dtype=np.int64)}),
+            homepage="https://huggingface.co/datasets/huggingface-course/codeparrot-ds-train",
+        )
+
+    @staticmethod
+    def split_files(manual_dir: str) -> Dict[str, List[str]]:
+        """The data files of each split in a manual folder; one clear error when a split has none."""
+        return {split: data_files(os.path.join(manual_dir, folder)) for split, folder in SPLIT_FOLDERS.items()}
+
+    def _split_generators(self, dl_manager) -> Dict[str, Iterator[Tuple[int, dict]]]:
+        files = self.split_files(os.fspath(dl_manager.manual_dir))
+        return {split: self._generate_examples(paths, self.builder_config.documents[split])
+                for split, paths in files.items()}
+
+    def _generate_examples(self, paths: List[str], keep: Optional[int]) -> Iterator[Tuple[int, dict]]:
+        selected = released_selection(sum(count_records(p) for p in paths), keep)
+        index = 0
+        for path in paths:
+            for text in read_texts(path):
+                if selected is None or selected[index]:
+                    yield index, {"text": text, "index": index}  # TFDS hashes the keys: shuffled buckets
+                index += 1
+
+
+def released_selection(total: int, keep: Optional[int]) -> Optional[np.ndarray]:
+    """[total] bool: the documents `Dataset.shuffle(seed=0).select(range(keep))` takes (None: all)."""
+    if keep is None or keep >= total:
+        return None
+    selected = np.zeros(total, dtype=bool)
+    selected[np.random.default_rng(RELEASED_SEED).permutation(total)[:keep]] = True
+    return selected
+
+
+def data_files(folder: str) -> List[str]:
+    """The data files under a split folder in name order, or one clear error for a missing, empty or foreign one."""
+    if not os.path.isdir(folder):
+        raise ConfigError(f"manual folder {folder} does not exist; accepted: a folder holding the published files "
+                          f"({', '.join(FORMATS)}); see the download commands in aero_jax/data/codeparrot.py")
+    found, other = [], []
+    for parent, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))  # e.g. the hub's .cache
+        for name in names:
+            if name.startswith(".") or name in _IGNORED:
+                continue
+            (found if name.endswith(FORMATS) else other).append(os.path.join(parent, name))
+    if not found:
+        what = f"holds only {', '.join(sorted(os.path.relpath(p, folder) for p in other)[:5])}" if other else "is empty"
+        raise ConfigError(f"manual folder {folder} {what}; accepted: files named *{', *'.join(FORMATS)}")
+    return sorted(found, key=lambda p: os.path.relpath(p, folder))
+
+
+def count_records(path: str) -> int:
+    """How many documents a data file holds (parquet: from its footer; JSON lines: one pass)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    with _open_text(path) as f:
+        return sum(1 for line in f if line.strip())
+
+
+def read_texts(path: str) -> Iterator[str]:
+    """The `content` of every record of a data file, in order, a batch of rows at a time."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        if TEXT_FIELD not in parquet.schema_arrow.names:
+            raise ConfigError(f"{path} has columns {', '.join(parquet.schema_arrow.names)}; accepted: records with "
+                              f"a '{TEXT_FIELD}' field")
+        for batch in parquet.iter_batches(batch_size=1024, columns=[TEXT_FIELD]):
+            yield from (text or "" for text in batch.column(0).to_pylist())
+        return
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ConfigError(f"{path} line {number} is not JSON ({error.msg}); accepted: one JSON object "
+                                      f"per line") from error
+                yield _content(record, path, number)
+
+
+def _content(record, path: str, line: int) -> str:
+    if not isinstance(record, dict) or TEXT_FIELD not in record:
+        fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+        raise ConfigError(f"{path} line {line} has no '{TEXT_FIELD}' field (found: {fields}); accepted: records "
+                          f"with a '{TEXT_FIELD}' field")
+    return str(record[TEXT_FIELD])
+
+
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")

@@ -1,0 +1,92 @@
+"""codeparrot_ds from a tiny manual folder in every published format, the released selection, bad folders."""
+
+import gzip
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow_datasets as tfds
+from conftest import assert_one_line, run_script
+
+from aero_jax.data import ByteTokenizer, load_split
+from aero_jax.data.codeparrot import released_selection
+
+TRAIN = [f"def f{i}(x):\n    return x + {i}\n" * (1 + i % 3) for i in range(12)]
+VALID = [f"class C{i}:\n    pass\n" for i in range(5)]
+
+
+def _write(folder, texts, fmt):
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("the hub's dataset card")
+    records = [{"content": t, "repo_name": "r", "path": f"p{i}.py"} for i, t in enumerate(texts)]
+    half = len(records) // 2
+    for n, part in enumerate((records[:half], records[half:])):
+        name = folder / f"data-{n:05d}{fmt}"
+        if fmt == ".parquet":
+            pq.write_table(pa.Table.from_pylist(part), name)
+        else:
+            lines = "".join(json.dumps(r) + "\n" for r in part)
+            (gzip.open(name, "wt") if fmt.endswith(".gz") else open(name, "w")).write(lines)
+
+
+def manual_folder(root, fmt):
+    _write(root / "codeparrot-ds-train", TRAIN, fmt)
+    _write(root / "codeparrot-ds-valid", VALID, fmt)
+    return root
+
+
+@pytest.mark.parametrize("fmt", [".parquet", ".jsonl", ".jsonl.gz"])
+def test_every_format_builds_the_same_full_dataset(tmp_path, fmt):
+    manual = manual_folder(tmp_path / "manual", fmt)
+    builder = tfds.builder("codeparrot_ds/full", data_dir=str(tmp_path / "data"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    sources = builder.as_data_source()
+    train = {int(r["index"]): r["text"].decode() for r in sources["train"]}
+    assert train == dict(enumerate(TRAIN)) and len(sources["validation"]) == len(VALID)
+    assert [r["index"] for r in sources["train"]] != sorted(r["index"] for r in sources["train"])  # shuffled keys
+    assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+
+
+def test_the_released_selection_is_the_seed_0_shuffle_prefix():
+    selected = released_selection(10, 4)
+    assert sorted(np.flatnonzero(selected)) == sorted(np.random.default_rng(0).permutation(10)[:4])
+    assert released_selection(10, 20) is None and released_selection(10, None) is None
+
+
+def test_codeparrot_rows_are_packed_through_the_cache(tmp_path):
+    manual = manual_folder(tmp_path / "manual", ".jsonl")
+    rows = load_split(dataset="codeparrot_ds/released", split="validation", tokenizer=ByteTokenizer(), seq_len=8,
+                      packing="concat", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"),
+                      manual_dir=str(manual))
+    assert rows.dtype == np.uint16 and rows.shape[1] == 8
+    assert rows.size == (sum(len(t) + 1 for t in VALID) // 8) * 8  # every validation document: 5 < 2,000
+
+
+def test_bad_manual_folders_are_refused_in_one_line(tmp_path, corpus):
+    def run(manual):
+        return run_script("aero-prepare-data", "--config=configs/default.py:smoke",
+                          "--config.data.dataset=codeparrot_ds/full", f"--config.data.manual_dir={manual}",
+                          f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.cache_dir={tmp_path / 'c'}")
+
+    def prepare(manual, *expected):
+        assert_one_line(run(manual), "aero-prepare-data", 2, *expected)
+
+    prepare(tmp_path / "nowhere", "manual folder", "nowhere/codeparrot-ds-train does not exist", ".parquet")
+    empty = tmp_path / "empty"
+    (empty / "codeparrot-ds-train").mkdir(parents=True)
+    prepare(empty, "codeparrot-ds-train is empty", "*.parquet, *.jsonl, *.jsonl.gz")
+    foreign = tmp_path / "foreign"
+    (foreign / "codeparrot-ds-train").mkdir(parents=True)
+    (foreign / "codeparrot-ds-train" / "data.csv").write_text("content\nx\n")
+    prepare(foreign, "holds only data.csv", "*.parquet")
+    fieldless = tmp_path / "fieldless"
+    manual_folder(fieldless, ".jsonl")
+    (fieldless / "codeparrot-ds-valid" / "data-00001.jsonl").write_text('{"text": "x"}\n')
+    result = run(fieldless)  # found while the dataset is built: TFDS's progress bars come before the line
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last.startswith("aero-prepare-data: ") and "data-00001.jsonl line 1 has no 'content' field (found: text)" \
+        in last, last
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.json"))

@@ -1,0 +1,55 @@
+"""aero-prepare-data and aero-tokenizer as a user runs them: prepared once, reused, bad input in one line."""
+
+import json
+import os
+
+from conftest import assert_one_line, run_script
+
+from aero_jax.data import BPETokenizer
+
+SMOKE = "--config=configs/default.py:smoke"
+
+
+def data_flags(corpus):
+    return [f"--config.data.{k}={v}" for k, v in corpus.items()]
+
+
+def reports(stdout):
+    """The JSON line of each split (TFDS prints its own lines when it prepares the dataset)."""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_prepare_data_writes_both_splits_once(corpus):
+    first = run_script("aero-prepare-data", SMOKE, *data_flags(corpus))
+    assert first.returncode == 0, first.stderr[-2000:]
+    splits = reports(first.stdout)
+    assert [s["split"] for s in splits] == ["train", "validation"]
+    assert all(s["dtype"] == "uint16" and s["seq_len"] == 32 and s["bytes"] == 2 * s["tokens"] for s in splits)
+    modified = [os.stat(s["file"]).st_mtime_ns for s in splits]
+    again = run_script("aero-prepare-data", SMOKE, *data_flags(corpus))
+    assert again.returncode == 0 and [s["file"] for s in reports(again.stdout)] == [s["file"] for s in splits]
+    assert [os.stat(s["file"]).st_mtime_ns for s in splits] == modified  # read, not rebuilt
+
+
+def test_a_trained_bpe_tokenizer_feeds_the_pipeline(corpus, tmp_path):
+    out = tmp_path / "tokenizer.json"
+    source = [f"--source-dir={corpus['source_dir']}", f"--data-dir={corpus['data_dir']}"]
+    trained = run_script("aero-tokenizer", "train", "--vocab-size", "400", "--out", out, *source)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    tokenizer = BPETokenizer(str(out))
+    assert tokenizer.vocab_size == 400 and tokenizer.decode(tokenizer.encode("def f(x):\n    return x")) == \
+        "def f(x):\n    return x"
+    assert_one_line(run_script("aero-tokenizer", "train", "--vocab-size", "400", "--out", out, *source),
+                    "aero-tokenizer", 2, "already exists", "--overwrite")
+    assert_one_line(run_script("aero-tokenizer", "train", "--vocab-size", "20", "--out", tmp_path / "x.json",
+                               *source), "aero-tokenizer", 2, "--vocab-size 20 is invalid", "at least 257")
+    bpe = ["--config.data.tokenizer=bpe", f"--config.data.tokenizer_path={out}"]
+    prepared = run_script("aero-prepare-data", SMOKE, *data_flags(corpus), *bpe, "--config.model.vocab_size=400")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    assert_one_line(run_script("aero-prepare-data", SMOKE, *data_flags(corpus), *bpe), "aero-prepare-data", 2,
+                    "model vocab_size=257 does not match the bpe tokenizer's 400", "model.vocab_size=400")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert_one_line(run_script("aero-prepare-data", SMOKE, *data_flags(corpus), "--config.data.tokenizer=bpe",
+                               f"--config.data.tokenizer_path={broken}"), "aero-prepare-data", 2,
+                    "is not a valid tokenizers JSON file")
