@@ -96,6 +96,22 @@ def test_codeparrot_config_is_the_released_recipe():
     assert c.model.ereg_weight == 1e-5 and c.model.temperature_init == 1e-2
 
 
+def test_codeparrot_config_reads_its_vocabulary_from_the_papers_tokenizer(tmp_path, monkeypatch):
+    import tokenizers
+    from tokenizers import models
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    c = _paper_config("gpt2_codeparrot.py:sm_ln_g")
+    assert c.data.dataset == "codeparrot_ds/released" and c.model.vocab_size == 50257  # no file yet
+    folder = tmp_path / "aero_data" / "code-search-net-tokenizer"
+    folder.mkdir(parents=True)
+    vocab = {f"t{i}": i for i in range(999)}
+    tokenizer = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    assert _paper_config("gpt2_codeparrot.py:sm_ln_g").model.vocab_size == 1000
+
+
 @pytest.mark.parametrize("tokens, batch, accumulation, steps", [("1.2B", 128, 4, 18265), ("2.4B", 128, 4, 36529),
                                                                ("4.8B", 256, 8, 36529)])
 def test_languini_config_follows_languinis_gpt_small_recipe(tokens, batch, accumulation, steps):

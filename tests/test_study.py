@@ -123,7 +123,7 @@ def test_the_gpt2_codeparrot_variant_dry_runs():
     runs = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(runs) == sum(len(r.seeds) for r in study_lib.load_study(
         str(ROOT / "studies" / "paper_claims.py:gpt2_codeparrot")).runs)
-    assert {r["dataset"] for r in runs} == {"codeparrot"} and {r["batch_size"] for r in runs} == {512}
+    assert {r["dataset"] for r in runs} == {"codeparrot_ds/released"} and {r["batch_size"] for r in runs} == {512}
     assert all("--config.model.num_layers=12" in r["command"] for r in runs)
     study = study_lib.load_study(str(ROOT / "studies" / "paper_claims.py:gpt2_codeparrot"))
     config = study_lib.run_config(study, study.runs[0], 0)

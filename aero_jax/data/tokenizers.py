@@ -153,7 +153,8 @@ def _train_command(args) -> None:
     if os.path.exists(args.out) and not args.overwrite:
         raise ConfigError(f"--out {args.out} already exists; accepted: a new path, or --overwrite to replace it")
     source = open_split(args.dataset, args.split, data_dir=os.path.expanduser(args.data_dir),
-                        source_dir=os.path.expanduser(args.source_dir) if args.source_dir else None)
+                        source_dir=os.path.expanduser(args.source_dir) if args.source_dir else None,
+                        manual_dir=args.manual_dir or None)
     tokenizer = train_bpe(texts(source, desc=f"reading {args.dataset}/{args.split}"), vocab_size=args.vocab_size,
                           num_documents=len(source))
     folder = os.path.dirname(os.path.abspath(args.out))
@@ -178,6 +179,8 @@ def main(argv=None):
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     train.add_argument("--data-dir", default="~/.cache/aero_jax/tensorflow_datasets")
     train.add_argument("--source-dir", default="", help="python_stdlib only: another folder of .py files")
+    train.add_argument("--manual-dir", default="", help="codeparrot_ds: the downloaded files, built into --data-dir "
+                       "the first time")
     argparse_main("aero-tokenizer", parser, _train_command, argv)
 
 
