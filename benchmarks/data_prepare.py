@@ -60,9 +60,9 @@ def write_corpus(folder: str, size_mb: float) -> dict:
 def build_dataset(manual: str, data_dir: str) -> dict:
     import tensorflow_datasets as tfds
 
-    from aero_jax import data  # noqa: F401 - registers codeparrot_ds
+    from aero_jax.data import CodeparrotDs  # importing it registers the builder
 
-    builder = tfds.builder("codeparrot_ds/full", data_dir=data_dir)
+    builder = tfds.builder(f"{CodeparrotDs.name}/full", data_dir=data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     return {"documents": builder.info.splits["train"].num_examples}
 
