@@ -14,11 +14,11 @@ import ml_collections
 
 from aero_jax import presets, sharding
 from aero_jax.config import NON_ARCHITECTURE_FIELDS, ConfigError, ModelConfig, field_names
+from aero_jax.data.tokenizers import TOKENIZER_KINDS
 from aero_jax.optim import DECAY_GROUPINGS, DECAY_SHAPES
 
 RECOVERY_POLICIES = ("stop", "rollback")
 PACKINGS = ("chunk", "concat")
-TOKENIZERS = ("byte", "bpe")
 SIZE_FIELDS = tuple(presets.SIZES["tiny"])
 
 
@@ -178,4 +178,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _integer("recovery.max_recoveries", r.max_recoveries, minimum=0)
     _number("recovery.lr_factor", r.lr_factor, low=0, high=1, low_open=True, high_open=False)
     _choice("data.packing", config.data.packing, PACKINGS)
-    _choice("data.tokenizer", config.data.tokenizer, TOKENIZERS)
+    _choice("data.tokenizer", config.data.tokenizer, TOKENIZER_KINDS)

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -26,3 +28,14 @@ def test_decode_smoke():
     assert [line["position"] for line in lines[:-1]] == [2, 16, 64]
     assert all(line["cached_ms"] > 0 and line["uncached_ms"] > 0 for line in lines[:-1])
     assert {"cached_last_over_first", "speedup_at_last", "flat_within_2x", "at_least_10x"} <= set(lines[-1])
+
+
+@pytest.mark.slow
+def test_data_prepare_smoke(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_prepare.py"), "--size-mb", "3", "--work",
+                          str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line.get("step") for line in lines[:-1]] == ["write_corpus", "build_dataset", "train_tokenizer", "prepare",
+                                                         "prepare", "encode_limit", "sampler_rate"]
+    assert all(line["peak_rss_mb"] > 0 for line in lines[:-1])
+    assert 0 < lines[-1]["bpe_fraction_of_limit"] <= 1.5 and lines[-2]["margin"] > 0

@@ -24,7 +24,7 @@ from aero_jax.data.stdlib import prepare_stdlib, remove_incomplete_builds
 from aero_jax.data.tokenizers import Tokenizer
 
 BUILTIN_DATASETS = ("python_stdlib",)
-MANUAL_DATASETS = ("codeparrot_ds/released", "codeparrot_ds/full")  # built once from data.manual_dir
+MANUAL_DATASETS = ("codeparrot_ds/released", "codeparrot_ds/full", "languini_books")  # built once from manual_dir
 NGRAM_ORDERS = (1, 2)
 _READ_BATCH = 256  # records fetched per random-access read
 
@@ -49,6 +49,7 @@ def load_split(
     """
     check_packing(seq_len, packing)
     source, info = _open_split_and_info(dataset, split, data_dir, source_dir or None, manual_dir or None)
+    _check_carried_vocabulary(info, tokenizer, dataset)
     key = {
         "dataset": dataset,
         "dataset_version": str(info.version),
@@ -63,8 +64,7 @@ def load_split(
 
     def build() -> Rows:
         dtype = token_dtype(tokenizer.vocab_size)
-        docs = (ids for batch in texts(source, desc=f"tokenizing {dataset}/{split}")
-                for ids in tokenizer.encode_batch(batch))
+        docs = documents(source, tokenizer, desc=f"tokenizing {dataset}/{split}")
         blocks = pack_blocks(docs, seq_len, packing, tokenizer.eot_id, dtype=dtype)
         empty = (f"split {split!r} of {dataset} yields no sequences of length T={seq_len}; "
                  f"use a shorter seq_len or packing='concat'")
@@ -164,7 +164,7 @@ def _built_from_manual_dir(dataset: str, data_dir: str, manual_dir: Optional[str
     name = dataset.split("/")[0]
     os.makedirs(data_dir, exist_ok=True)
     with exclusive_lock(os.path.join(data_dir, f"{name}.lock")):
-        remove_incomplete_builds(os.path.join(data_dir, name, dataset.split("/")[1]))
+        remove_incomplete_builds(os.path.join(data_dir, *dataset.split("/")))
         builder = tfds.builder(dataset, data_dir=data_dir)  # another process may have built it meanwhile
         if not builder.is_prepared():
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -198,15 +198,36 @@ def _prepared_names(data_dir: str) -> Tuple[str, ...]:
 
 
 def texts(source, *, desc: str) -> Iterator[list]:
-    """The `text` feature of every record, in order and in batches, decoded as UTF-8, with a progress bar
-    in documents/s and MB/s."""
+    """The `text` feature of every record, in order and in batches, decoded as UTF-8, with a progress bar."""
+    return _batches(source, lambda records: _sized([_text_of(r) for r in records]), desc=desc)
+
+
+def documents(source, tokenizer: Tokenizer, *, desc: str) -> Iterator[np.ndarray]:
+    """Every document's token ids, in order: tokenized a batch at a time, or as stored (pre-tokenized `tokens`)."""
+    def ids(records):
+        if records and "tokens" in records[0]:
+            batch = [np.asarray(r["tokens"], dtype=np.int32) for r in records]
+            return batch, sum(b.size for b in batch) * 2 / 1e6  # as stored: uint16
+        texts_, megabytes = _sized([_text_of(r) for r in records])
+        return tokenizer.encode_batch(texts_), megabytes
+
+    return (doc for batch in _batches(source, ids, desc=desc) for doc in batch)
+
+
+def _sized(texts_: list):
+    return texts_, sum(len(t) for t in texts_) / 1e6  # characters: bytes for the ASCII of source code
+
+
+def _batches(source, convert, *, desc: str) -> Iterator[list]:
+    """convert(records) -> (items, megabytes) for every batch of records, in order, with a progress bar in
+    documents/s and MB/s."""
     started, megabytes = time.perf_counter(), 0.0
     with tqdm(total=len(source), desc=desc, unit="doc") as progress:
         for start in range(0, len(source), _READ_BATCH):
             records = source.__getitems__(list(range(start, min(start + _READ_BATCH, len(source)))))
-            texts = [_text_of(record) for record in records]
-            yield texts
-            megabytes += sum(len(t) for t in texts) / 1e6  # characters: bytes for the ASCII of source code
+            items, size = convert(records)
+            yield items
+            megabytes += size
             progress.set_postfix_str(f"{megabytes / max(time.perf_counter() - started, 1e-9):.1f} MB/s", refresh=False)
             progress.update(len(records))
 
@@ -216,6 +237,19 @@ def _text_of(record) -> str:
         raise ConfigError(f"records have features {sorted(record)}; accepted: a dataset with a 'text' feature")
     text = record["text"]
     return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _check_carried_vocabulary(info: tfds.core.DatasetInfo, tokenizer: Tokenizer, dataset: str) -> None:
+    """A pre-tokenized dataset names its vocabulary; the tokenizer must be that one."""
+    metadata = info.metadata if isinstance(info.metadata, dict) else {}
+    if "vocab_size" not in metadata:
+        return
+    carried = (int(metadata["vocab_size"]), int(metadata["end_of_document"]))
+    if (tokenizer.vocab_size, tokenizer.eot_id) != carried:
+        raise ConfigError(f"{dataset} is tokenized with {metadata.get('vocabulary')} ({carried[0]} ids, end of "
+                          f"document {carried[1]}), not with the {tokenizer.kind} tokenizer's {tokenizer.vocab_size} "
+                          f"ids (end of text {tokenizer.eot_id}); accepted: data.tokenizer=sentencepiece with its "
+                          f"model as data.tokenizer_path")
 
 
 def _context_target_pairs(tokens_BxT: np.ndarray, vocab_size: int, name: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Tokenizers: raw UTF-8 bytes (the default, no file needed) or a BPE `tokenizer.json`.
+"""Tokenizers: raw UTF-8 bytes (the default, no file needed), a BPE `tokenizer.json`, or a SentencePiece model.
 
     aero-tokenizer train --dataset python_stdlib --vocab-size 4096 --out tokenizer.json
 
@@ -23,7 +23,8 @@ import tokenizers
 
 from aero_jax.config import ConfigError
 
-TOKENIZER_KINDS = ("byte", "bpe")
+TOKENIZER_KINDS = ("byte", "bpe", "sentencepiece")
+END_OF_DOCUMENT_PIECE = "<D>"  # Languini's end-of-document piece
 EOT_TOKEN = "<|endoftext|>"
 
 
@@ -105,8 +106,46 @@ class BPETokenizer:
         return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False)
 
 
+class SentencePieceTokenizer:
+    """A SentencePiece model (e.g. Languini's books_16384.model); end-of-text is its <D> piece, else its eos."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, path: str):
+        import sentencepiece
+
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise ConfigError(f"SentencePiece model {self.path} does not exist; pass the path of a .model file")
+        try:
+            self._model = sentencepiece.SentencePieceProcessor(model_file=self.path)
+        except (RuntimeError, OSError) as error:
+            raise ConfigError(f"SentencePiece model {self.path} does not load ({str(error).splitlines()[0]}); "
+                              f"accepted: a .model file written by sentencepiece") from error
+        self.vocab_size = int(self._model.get_piece_size())
+        document = self._model.piece_to_id(END_OF_DOCUMENT_PIECE)
+        self.eot_id = int(document if document != self._model.unk_id() else self._model.eos_id())
+        if self.eot_id < 0:
+            raise ConfigError(f"SentencePiece model {self.path} has neither {END_OF_DOCUMENT_PIECE} nor an eos piece; "
+                              f"packing needs an end-of-text id")
+        self._fingerprint = _file_sha256(self.path)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._model.encode(text), dtype=np.int32)
+
+    def encode_batch(self, texts: Sequence[str]) -> List[np.ndarray]:
+        return [np.asarray(ids, dtype=np.int32) for ids in self._model.encode(list(texts))]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._model.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+
+
 def make_tokenizer(kind: str, path: Optional[str] = None) -> Tokenizer:
-    """The tokenizer named by a config: kind "byte" (no path) or "bpe" (path to tokenizer.json)."""
+    """The tokenizer named by a config: "byte" (no path), "bpe" (a tokenizer.json), "sentencepiece" (a .model)."""
     if kind == "byte":
         if path is not None:
             raise ConfigError(f"tokenizer path={path!r} is only used with kind='bpe'; the byte tokenizer needs none")
@@ -115,6 +154,11 @@ def make_tokenizer(kind: str, path: Optional[str] = None) -> Tokenizer:
         if not path:
             raise ConfigError("tokenizer kind='bpe' needs path=<tokenizer.json>")
         return BPETokenizer(os.path.expanduser(path))
+    if kind == "sentencepiece":
+        if not path:
+            raise ConfigError("tokenizer kind='sentencepiece' needs path=<model file>, e.g. Languini's "
+                              "books_16384.model")
+        return SentencePieceTokenizer(os.path.expanduser(path))
     raise ConfigError(f"tokenizer kind={kind!r} is invalid; accepted: {', '.join(TOKENIZER_KINDS)}")
 
 
