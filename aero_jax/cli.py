@@ -241,7 +241,8 @@ def _prepare_main(argv):
         model_config = model_config_from(config.model)
         tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
         data.check_vocab(tokenizer, model_config.vocab_size)
-        for split, rows in zip(("train", "validation"), load_data(config, tokenizer, model_config.max_len)):
+        prepared = load_data(config, tokenizer, model_config.max_len, publish=True)
+        for split, rows in zip(("train", "validation"), prepared):
             print(json.dumps({"split": split, "rows": rows.shape[0], "seq_len": rows.shape[1], "dtype": str(rows.dtype),
                               "tokens": int(rows.size), "bytes": int(rows.nbytes), "file": rows.filename}), flush=True)
 

@@ -83,13 +83,13 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model
         write_text_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def load_data(config, tokenizer, seq_len: int):
-    """(train rows, validation rows) packed for the run's data section."""
+def load_data(config, tokenizer, seq_len: int, *, publish: bool = False):
+    """(train rows, validation rows) packed for the run's data section (`publish`: fill a bucket cache_dir)."""
     d = config.data
     common = dict(dataset=d.dataset, tokenizer=tokenizer, seq_len=seq_len, packing=d.packing,
                   data_dir=os.path.expanduser(d.data_dir), cache_dir=os.path.expanduser(d.cache_dir),
                   source_dir=os.path.expanduser(d.source_dir) if d.source_dir else None,
-                  manual_dir=os.path.expanduser(d.manual_dir) if d.get("manual_dir") else None)
+                  manual_dir=os.path.expanduser(d.manual_dir) if d.get("manual_dir") else None, publish=publish)
     return data.load_split(split="train", **common), data.load_split(split="validation", **common)
 
 

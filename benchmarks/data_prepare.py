@@ -11,8 +11,9 @@ Steps, each in its own process so that its peak resident memory (ru_maxrss) is i
    the first 20 MB;
 4. the limit: the BPE's `encode_batch` alone over the same texts, read beforehand in 64 MB pieces.
 Prints one JSON object per step, then a summary with the BPE preparation as a fraction of the limit.
-Then the sampler: rows/s that `batch_indices` + the memory-mapped rows deliver, against what a GPT-2-small
-step at the papers' batch of 512 consumes on one TPU v5e chip (from its FLOPs and the chip's peak).
+Then the sampler: rows/s that `batch_indices` + the memory-mapped rows deliver (and Grain's MapDataset over
+the same rows, when Grain is installed), against what a GPT-2-small step at the papers' batch of 512 consumes
+on one TPU v5e chip (from its FLOPs and the chip's peak).
 """
 
 from __future__ import annotations
@@ -124,12 +125,26 @@ def sampler_rate(cache_dir: str) -> dict:
 
     path = max(glob.glob(os.path.join(cache_dir, "codeparrot_ds_full_train_*.npy")), key=os.path.getsize)
     rows = np.load(path, mmap_mode="r")
-    started, steps = time.perf_counter(), 200
+    steps = 200
+    rates = {"sampler_rows_per_s": _rows_per_s(
+        lambda step: rows[batch_indices(0, step, PAPERS_BATCH, len(rows))].astype(np.int32), steps)}
+    try:  # Grain, the loader of nanodo and MaxText, over the same memory-mapped rows (when installed)
+        import grain
+    except ImportError:
+        return {**rates, "grain": "not installed (pip install grain to compare)"}
+    shuffled = grain.MapDataset.source(rows).shuffle(seed=0).map(lambda row: np.asarray(row, np.int32))
+    batches = shuffled.batch(PAPERS_BATCH)
+    threaded = iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=os.cpu_count(), prefetch_buffer_size=4)))
+    next(threaded)
+    return {**rates, "grain_map_rows_per_s": _rows_per_s(lambda step: batches[step], steps // 4),
+            "grain_threaded_iterator_rows_per_s": _rows_per_s(lambda step: next(threaded), steps // 4)}
+
+
+def _rows_per_s(read_batch, steps: int) -> int:
+    started = time.perf_counter()
     for step in range(steps):
-        batch = rows[batch_indices(0, step, PAPERS_BATCH, len(rows))].astype(np.int32)
-    seconds = time.perf_counter() - started
-    del batch
-    return {"sampler_rows_per_s": round(steps * PAPERS_BATCH / seconds)}
+        read_batch(step)
+    return round(steps * PAPERS_BATCH / (time.perf_counter() - started))
 
 
 def tpu_step_rows_per_s() -> float:

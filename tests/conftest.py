@@ -1,5 +1,7 @@
 """Strict JAX for every test (implicit rank promotion is an error), and a small shared corpus."""
 
+import contextlib
+import os
 import pathlib
 import shutil
 import subprocess
@@ -8,6 +10,7 @@ import sysconfig
 
 import jax
 import pytest
+from etils.epath import testing
 
 from aero_jax import data
 from aero_jax.run_config import base_config, model_section
@@ -31,6 +34,19 @@ def assert_one_line(result, prog, status, *expected):
     assert lines[0].startswith(f"{prog}: ") and "Traceback" not in lines[0], lines[0]
     for text in expected:
         assert text in lines[0], lines[0]
+
+
+BUCKET = "gs://test-bucket"
+
+
+@contextlib.contextmanager
+def mock_bucket(root: str):
+    """gs://test-bucket/... read and written as the local folder `root` (what the bucket cache uses of epath)."""
+    local = lambda path: os.fspath(path).replace(BUCKET, str(root))  # noqa: E731
+    makedirs = lambda _, path, *a, **k: os.makedirs(local(path), exist_ok=True)  # noqa: E731
+    with testing.mock_epath(exists=lambda _, path: os.path.exists(local(path)), mkdir=makedirs, makedirs=makedirs,
+                            open=lambda _, path, mode="r", *a, **k: open(local(path), mode)):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -3,16 +3,21 @@
     python tests/sharded_run.py SPEC.json
 
 SPEC: {"corpus": {...}, "runs": [{"mesh": {...}, "workdir": ..., "crash_at": null | step}],
-"distributed": null | {"coordinator_address", "num_processes", "process_id"}}. Set XLA_FLAGS
-before starting it to get fake CPU devices.
+"distributed": null | {"coordinator_address", "num_processes", "process_id"},
+"bucket": null | {"root": folder standing for gs://test-bucket, "mirror": this process's mirror folder}}.
+With a bucket, the data must already be there: a process that tokenizes fails. Set XLA_FLAGS before
+starting it to get fake CPU devices.
 """
 
+import contextlib
 import json
 import sys
 
 import jax
+from conftest import mock_bucket
 
 from aero_jax import distributed
+from aero_jax.data import cache, pipeline
 from aero_jax.run_config import base_config, model_section
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Trainer
@@ -70,11 +75,28 @@ def run(corpus, spec):
             "specs": specs(trainer)}
 
 
+@contextlib.contextmanager
+def _bucket(bucket):
+    """Read the data through the bucket cache; tokenizing anything is an error."""
+    if not bucket:
+        yield
+        return
+    cache.MIRROR_ROOT = bucket["mirror"]
+
+    def tokenized(*args, **kwargs):
+        raise AssertionError("a host tokenized the corpus instead of copying it from the bucket")
+
+    pipeline.documents = tokenized
+    with mock_bucket(bucket["root"]):
+        yield
+
+
 def main():
     spec = json.load(open(sys.argv[1]))
     if spec.get("distributed"):
         distributed.initialize(**spec["distributed"])
-    results = [run(spec["corpus"], r) for r in spec["runs"]]
+    with _bucket(spec.get("bucket")):
+        results = [run(spec["corpus"], r) for r in spec["runs"]]
     if jax.process_index() == 0:
         print("RESULTS " + json.dumps(results))
 

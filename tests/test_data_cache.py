@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import mock_bucket
 
 from aero_jax.config import ConfigError
 from aero_jax.data import cache
@@ -123,6 +124,28 @@ def test_bad_names_and_keys_are_refused(tmp_path, key, name, message):
         cached_array(tmp_path, key, Builder(), name=name)
 
 
-def test_a_remote_cache_dir_is_refused():
-    with pytest.raises(ConfigError, match="accepted: a local folder"):
-        cached_array("gs://bucket/cache", KEY, Builder(), name="tokens")
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """gs://test-bucket/cache, backed by a local folder; returns a function that moves this host's mirror."""
+    with mock_bucket(tmp_path / "bucket"):
+        yield lambda host: monkeypatch.setattr(cache, "MIRROR_ROOT", str(tmp_path / host))
+
+
+def test_a_bucket_cache_is_filled_once_and_read_through_each_hosts_copy(bucket, tmp_path):
+    bucket("host0")
+    with pytest.raises(ConfigError, match="holds no tokens-[0-9a-f]+.json; accepted: a bucket filled once by "
+                                          "aero-prepare-data"):
+        cached_array("gs://test-bucket/cache", KEY, Builder(), name="tokens")
+    published = cached_array("gs://test-bucket/cache", KEY, Builder(4), name="tokens", publish=True)
+    assert sorted(os.listdir(tmp_path / "bucket" / "cache"))[0].endswith(".json")
+    bucket("host1")
+    build = Builder(9)
+    copied = cached_array("gs://test-bucket/cache", KEY, build, name="tokens")
+    assert build.calls == 0 and (copied == 4).all() and isinstance(copied, np.memmap)  # copied, not tokenized
+    np.testing.assert_array_equal(copied, published)
+    bucket("host2")
+    array = next(p for p in (tmp_path / "bucket" / "cache").iterdir() if p.suffix == ".npy")
+    array.write_bytes(array.read_bytes()[:-4])  # a damaged upload
+    with pytest.raises(ConfigError, match="is shorter than its manifest says"):
+        cached_array("gs://test-bucket/cache", KEY, Builder(), name="tokens")
+    assert not list((tmp_path / "host2").rglob("*.json"))  # nothing trusted on host2

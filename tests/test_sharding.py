@@ -83,19 +83,40 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _publish_to_bucket(corpus, root, mirror, monkeypatch):
+    """What aero-prepare-data does with a gs:// cache_dir: tokenize once, upload."""
+    from conftest import mock_bucket
+    from sharded_run import config_for
+
+    from aero_jax import data
+    from aero_jax.data import cache
+    from aero_jax.trainer import load_data
+
+    monkeypatch.setattr(cache, "MIRROR_ROOT", mirror)
+    config = config_for(corpus, MESHES["data2_fsdp2_tensor2"])
+    with mock_bucket(root):
+        load_data(config, data.ByteTokenizer(), config.model.max_len, publish=True)
+
+
 @pytest.mark.slow  # fake-device subprocesses: about a minute each
-def test_two_processes_on_localhost_match_one(corpus, tmp_path, single_device_losses):
+def test_two_processes_on_localhost_match_one(corpus, tmp_path, single_device_losses, monkeypatch):
+    """Each process reads the data prepared once in a bucket (gs://, faked) through its own copy."""
     port, workdir = _free_port(), str(tmp_path / "run")
+    bucket_corpus = {**corpus, "cache_dir": "gs://test-bucket/cache"}
+    _publish_to_bucket(bucket_corpus, str(tmp_path / "bucket"), str(tmp_path / "preparing_host"), monkeypatch)
     processes = []
     for pid in range(2):
-        spec = {"corpus": corpus, "runs": [{"mesh": MESHES["data2_fsdp2_tensor2"], "workdir": workdir}],
-                "distributed": {"coordinator_address": f"localhost:{port}", "num_processes": 2, "process_id": pid}}
+        spec = {"corpus": bucket_corpus, "runs": [{"mesh": MESHES["data2_fsdp2_tensor2"], "workdir": workdir}],
+                "distributed": {"coordinator_address": f"localhost:{port}", "num_processes": 2, "process_id": pid},
+                "bucket": {"root": str(tmp_path / "bucket"), "mirror": str(tmp_path / f"host{pid}")}}
         processes.append(_launch(spec, tmp_path, 4, name=f"spec{pid}"))
     results = _results(processes[0])
     out, err = processes[1].communicate(timeout=600)
     assert processes[1].returncode == 0, err[-4000:]
     assert "RESULTS" not in out  # only process 0 reports and writes
     _assert_same_losses(results[0]["losses"], single_device_losses)
+    for pid in range(2):  # each host verified and kept its own copy of both splits
+        assert len(list((tmp_path / f"host{pid}").rglob("*.json"))) == 2
 
 
 def test_mesh_sizes_must_match_the_devices():

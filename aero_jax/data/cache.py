@@ -6,7 +6,9 @@ Layout in `cache_dir`, for `stem = <name>-<first 16 hex digits of sha256(key)>`:
   <stem>.json  the manifest (key, shape, dtype, byte count, sha256), written last the same way
   <stem>.lock  an flock file, so concurrent builders of one key wait instead of racing
 A manifest is removed before its array is rewritten, so a manifest on disk always describes the
-array that was finished before it. Anything else (temporary files left by a crash, an array
+array that was finished before it. A bucket (gs://) cache is read through a copy on each host's disk
+(`~/.cache/aero_jax/mirror/`), streamed and checked against the bucket's manifest: every host copies,
+none tokenizes; only `publish` (aero-prepare-data) fills the bucket, array first, manifest last. Anything else (temporary files left by a crash, an array
 without manifest, a manifest that does not match, an array whose sha256 differs from the
 manifest's, checked on first use in each process) is never trusted, and rebuilt. A trusted cache
 is read without taking the lock, so a read-only cache folder serves readers.
@@ -27,6 +29,7 @@ import tempfile
 from typing import Callable, Iterable, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
+from etils import epath
 
 from aero_jax.config import ConfigError
 
@@ -34,6 +37,8 @@ FORMAT_VERSION = 1  # bump when the array layout or the manifest changes
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
 
 _HEADER_BYTES = 128  # the .npy header of a streamed array: room for any shape of a few dimensions
+_COPY_BYTES = 64 << 20  # a bucket's array is copied in pieces of about this size
+MIRROR_ROOT = "~/.cache/aero_jax/mirror"  # where each host keeps its copies of bucket caches
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +52,16 @@ class Rows(NamedTuple):
 
 
 def cached_array(cache_dir: str, key: dict, build: Callable[[], Union[np.ndarray, Rows]], *,
-                 name: str) -> np.ndarray:
+                 name: str, publish: bool = False) -> np.ndarray:
     """The array for `key`: read (memory-mapped, read-only) when cached, else built and cached.
 
-    `build()` returns the array, or `Rows` whose blocks are streamed to disk one at a time.
+    `build()` returns the array, or `Rows` whose blocks are streamed to disk one at a time. A bucket
+    cache_dir is read through this host's mirror; `publish` builds a missing entry and uploads it.
     """
     if not _NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"cache name={name!r} is invalid; accepted: letters, digits, '_' and '-'")
     if "://" in os.fspath(cache_dir):
-        raise ConfigError(f"cache_dir={cache_dir!r} is invalid; accepted: a local folder (the cache is memory-mapped)")
+        return _through_mirror(os.fspath(cache_dir), key, build, name=name, publish=publish)
     full_key = canonical_key(key)
     stem = os.path.join(cache_dir, f"{name}-{key_digest(full_key)[:16]}")
     array_path, manifest_path = stem + ".npy", stem + ".json"
@@ -73,6 +79,62 @@ def cached_array(cache_dir: str, key: dict, build: Callable[[], Union[np.ndarray
         manifest = _manifest(full_key, _write_atomically(array_path, lambda f: write_rows(f, rows)))
         _write_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return np.load(array_path, mmap_mode="r")
+
+
+def _through_mirror(bucket: str, key: dict, build, *, name: str, publish: bool) -> np.ndarray:
+    """A bucket's cached array, from a verified copy on this host's disk (copied the first time)."""
+    full_key = canonical_key(key)
+    base = f"{name}-{key_digest(full_key)[:16]}"
+    mirror = os.path.join(os.path.expanduser(MIRROR_ROOT), hashlib.sha256(bucket.encode()).hexdigest()[:16])
+    remote = epath.Path(bucket)
+    if (remote / f"{base}.json").exists():
+        return cached_array(mirror, key, lambda: _download(remote / base, full_key), name=name)
+    if not publish:
+        raise ConfigError(f"cache_dir={bucket} holds no {base}.json; accepted: a bucket filled once by "
+                          f"aero-prepare-data with this config (every host then copies it, none tokenizes)")
+    array = cached_array(mirror, key, build, name=name)
+    remote.mkdir(parents=True, exist_ok=True)
+    for suffix in (".npy", ".json"):  # the manifest last: a reader never trusts a half-uploaded array
+        _copy(os.path.join(mirror, base + suffix), remote / f"{base}{suffix}")
+    return array
+
+
+def _copy(source: str, target: epath.Path) -> None:
+    with open(source, "rb") as f, target.open("wb") as out:
+        while piece := f.read(_COPY_BYTES):
+            out.write(piece)
+
+
+def _download(remote_base: epath.Path, full_key: dict) -> Rows:
+    """The rows of a bucket's array, streamed in pieces; its sha256 must equal its manifest's."""
+    manifest_path = remote_base.parent / f"{remote_base.name}.json"
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("key") != full_key:
+        raise ConfigError(f"{manifest_path} describes another array (its key differs); accepted: a cache written by "
+                          f"aero-prepare-data")
+    shape, dtype = manifest["shape"], np.dtype(manifest["dtype"])
+    row_bytes = dtype.itemsize * math.prod(shape[1:])
+    array_path = remote_base.parent / f"{remote_base.name}.npy"
+
+    def blocks():
+        digest, left = hashlib.sha256(), shape[0]
+        with array_path.open("rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+            while left:
+                rows = min(left, max(1, _COPY_BYTES // max(row_bytes, 1)))
+                data = f.read(rows * row_bytes)
+                if len(data) != rows * row_bytes:
+                    raise ConfigError(f"{array_path} is shorter than its manifest says; accepted: a complete upload "
+                                      f"(run aero-prepare-data again)")
+                digest.update(data)
+                left -= rows
+                yield np.frombuffer(data, dtype).reshape(rows, *shape[1:])
+        if digest.hexdigest() != manifest["sha256"]:
+            raise ConfigError(f"{array_path} differs from its manifest (sha256); accepted: a complete upload (run "
+                              f"aero-prepare-data again)")
+
+    return Rows(tuple(shape[1:]), dtype, blocks())
 
 
 def canonical_key(key: dict) -> dict:

@@ -40,12 +40,14 @@ def load_split(
     cache_dir: str,
     source_dir: Optional[str] = None,
     manual_dir: Optional[str] = None,
+    publish: bool = False,
 ) -> np.ndarray:
     """Packed token rows [N, seq_len] (uint16 or uint32) of one split, built once and then read from cache_dir.
 
     `source_dir` (python_stdlib only) builds the dataset from that folder of .py files instead of
     the interpreter's standard library; `manual_dir` holds the downloaded files a manual dataset
-    (codeparrot_ds) is built from the first time.
+    (codeparrot_ds, languini_books) is built from the first time. A bucket cache_dir (gs://) is read through
+    a copy on this host's disk; only `publish` (aero-prepare-data) tokenizes into it.
     """
     check_packing(seq_len, packing)
     source, info = _open_split_and_info(dataset, split, data_dir, source_dir or None, manual_dir or None)
@@ -71,7 +73,7 @@ def load_split(
         return Rows((seq_len,), dtype, _at_least_one_row(blocks, empty))
 
     name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{dataset}_{split}_T{seq_len}_{packing}")
-    return cached_array(cache_dir, key, build, name=name)
+    return cached_array(cache_dir, key, build, name=name, publish=publish)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
