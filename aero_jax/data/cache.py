@@ -6,12 +6,14 @@ Layout in `cache_dir`, for `stem = <name>-<first 16 hex digits of sha256(key)>`:
   <stem>.json  the manifest (key, shape, dtype, byte count, sha256), written last the same way
   <stem>.lock  an flock file, so concurrent builders of one key wait instead of racing
 A manifest is removed before its array is rewritten, so a manifest on disk always describes the
-array that was finished before it. A bucket (gs://) cache is read through a copy on each host's disk
-(`~/.cache/aero_jax/mirror/`), streamed and checked against the bucket's manifest: every host copies,
-none tokenizes; only `publish` (aero-prepare-data) fills the bucket, array first, manifest last. Anything else (temporary files left by a crash, an array
+array that was finished before it. Anything else (temporary files left by a crash, an array
 without manifest, a manifest that does not match, an array whose sha256 differs from the
 manifest's, checked on first use in each process) is never trusted, and rebuilt. A trusted cache
 is read without taking the lock, so a read-only cache folder serves readers.
+
+A bucket (gs://) cache is read through a copy on each host's disk (`~/.cache/aero_jax/mirror/`),
+streamed and checked against the bucket's manifest: every host copies, none tokenizes; only
+`publish` (aero-prepare-data) fills the bucket, array first, manifest last.
 """
 
 from __future__ import annotations
