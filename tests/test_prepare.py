@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 from conftest import assert_one_line, run_script
 
@@ -53,3 +55,30 @@ def test_a_trained_bpe_tokenizer_feeds_the_pipeline(corpus, tmp_path):
     assert_one_line(run_script("aero-prepare-data", SMOKE, *data_flags(corpus), "--config.data.tokenizer=bpe",
                                f"--config.data.tokenizer_path={broken}"), "aero-prepare-data", 2,
                     "is not a valid tokenizers JSON file")
+
+
+DISK_FULL = """
+import errno, sys
+from aero_jax.data import cache
+
+def full(f, rows):
+    f.write(b"x" * 1000)
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a write to a full disk raises it
+
+cache.write_rows = full
+sys.argv[0] = "aero-prepare-data"
+from aero_jax.cli import prepare_data
+prepare_data()
+"""
+
+
+def test_a_full_disk_while_preparing_names_the_file_and_leaves_nothing_trusted(corpus, tmp_path):
+    cache_dir = tmp_path / "cache"
+    flags = data_flags({**corpus, "cache_dir": cache_dir})
+    result = subprocess.run([sys.executable, "-c", DISK_FULL, SMOKE, *flags], capture_output=True, text=True,
+                            timeout=300)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    expected = f"aero-prepare-data: no space left on device while writing {cache_dir}/python_stdlib_train"
+    assert last.startswith(expected), last
+    assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")] == []

@@ -19,6 +19,7 @@ streamed and checked against the bucket's manifest: every host copies, none toke
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -252,6 +253,11 @@ def _write_atomically(path: str, write: Callable):
             os.fsync(f.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; others may read the cache
         os.replace(temporary, path)
+    except OSError as error:
+        _remove_if_present(temporary)
+        if error.errno == errno.ENOSPC and not error.filename:  # a write names no file: name the cache's
+            raise OSError(errno.ENOSPC, error.strerror, path) from error
+        raise
     except BaseException:
         _remove_if_present(temporary)
         raise
