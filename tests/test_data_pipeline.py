@@ -125,3 +125,14 @@ def test_the_real_stdlib_end_to_end(tmp_path):
     unigram = ngram_perplexity(train_BxT, eval_BxT, order=1, vocab_size=257)
     bigram = ngram_perplexity(train_BxT, eval_BxT, order=2, vocab_size=257)
     assert 15 < unigram < 45 and 6 < bigram < unigram
+
+
+def test_ngram_baselines_of_a_large_training_set_use_evenly_spaced_rows(monkeypatch):
+    rows = np.full((100, 5), 7, dtype=np.uint16)
+    rows[90:] = np.arange(5)  # the last tenth differs
+    evaluation = np.arange(5, dtype=np.uint16)[None]
+    exact = ngram_perplexity(rows, evaluation, order=1, vocab_size=8)
+    monkeypatch.setattr(pipeline, "NGRAM_MAX_TARGETS", 40)  # 10 of the 100 rows, spread over all of them
+    sampled = ngram_perplexity(rows, evaluation, order=1, vocab_size=8)
+    assert exact == pytest.approx(408 / 11) and sampled == pytest.approx(48 / 2)  # add-one: 11 of 408, 2 of 48
+    assert pipeline._evenly_spaced_rows(rows, 40).shape == (10, 5)

@@ -26,6 +26,7 @@ from aero_jax.data.tokenizers import Tokenizer
 BUILTIN_DATASETS = ("python_stdlib",)
 MANUAL_DATASETS = ("codeparrot_ds/released", "codeparrot_ds/full", "languini_books")  # built once from manual_dir
 NGRAM_ORDERS = (1, 2)
+NGRAM_MAX_TARGETS = 1 << 25  # n-gram baselines fit on at most this many training targets (evenly spaced rows)
 _READ_BATCH = 256  # records fetched per random-access read
 
 
@@ -97,7 +98,10 @@ def ngram_perplexity(train_BxT: np.ndarray, eval_BxT: np.ndarray, *, order: int,
     Fit and evaluated on exactly the targets the model's loss covers: tokens at positions
     1..T-1 of each row, a bigram's context being the previous token in the same row. The model
     fit on train_BxT is evaluated on eval_BxT; a baseline to print beside the model's perplexity.
+    A training set larger than NGRAM_MAX_TARGETS targets is represented by evenly spaced rows, so a
+    paper-scale corpus costs a bounded amount of memory.
     """
+    train_BxT = _evenly_spaced_rows(train_BxT, NGRAM_MAX_TARGETS)
     if order not in NGRAM_ORDERS:
         raise ConfigError(f"order={order!r} is invalid; accepted: {', '.join(map(str, NGRAM_ORDERS))}")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
@@ -113,6 +117,15 @@ def ngram_perplexity(train_BxT: np.ndarray, eval_BxT: np.ndarray, *, order: int,
         context_counts = np.bincount(train_contexts, minlength=vocab_size)[eval_contexts]
         log_probs = np.log((pair_counts + 1.0) / (context_counts + vocab_size))
     return float(np.exp(-log_probs.mean()))
+
+
+def _evenly_spaced_rows(rows_BxT: np.ndarray, max_targets: int) -> np.ndarray:
+    """All rows when they hold at most max_targets targets (T - 1 per row), else that many rows spread evenly."""
+    rows_BxT = np.asarray(rows_BxT) if not isinstance(rows_BxT, np.ndarray) else rows_BxT
+    if rows_BxT.ndim != 2 or rows_BxT.shape[0] * max(rows_BxT.shape[1] - 1, 1) <= max_targets:
+        return rows_BxT
+    keep = max(1, max_targets // max(rows_BxT.shape[1] - 1, 1))
+    return rows_BxT[np.linspace(0, rows_BxT.shape[0] - 1, keep).astype(np.int64)]
 
 
 def open_split(dataset: str, split: str, *, data_dir: str, source_dir: Optional[str] = None,
