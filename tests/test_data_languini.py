@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
 from aero_jax.data import ByteTokenizer, SentencePieceTokenizer, load_split
 from aero_jax.data.languini import END_OF_DOCUMENT, VOCAB_SIZE, VOCABULARY
+from aero_jax.data.pipeline import open_split
 
 BOOKS = {"train": {"a.npy": 40, "b.npy": 25, "c.npy": 9}, "test_iid": {"d.npy": 30}}
 
@@ -33,9 +33,8 @@ def books_folder(root):
 
 def test_books_are_stored_as_their_ids_and_packed_with_end_of_document(tmp_path):
     manual, written = books_folder(tmp_path / "books")
-    builder = tfds.builder("languini_books", data_dir=str(tmp_path / "data"))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-    train = {r["name"].decode(): r["tokens"] for r in builder.as_data_source()["train"]}
+    train_source = open_split("languini_books", "train", data_dir=str(tmp_path / "data"), manual_dir=str(manual))
+    train = {r["name"].decode(): r["tokens"] for r in train_source}
     assert sorted(train) == ["a.npy", "b.npy", "c.npy"]
     assert all(np.array_equal(train[n], written[n]) for n in train)
     rows = load_split(dataset="languini_books", split="validation", tokenizer=LanguiniIds(), seq_len=8,

@@ -9,7 +9,7 @@ import pytest
 
 from aero_jax.config import ConfigError
 from aero_jax.data import ByteTokenizer, PythonStdlib, load_split, ngram_perplexity, pack
-from aero_jax.data import pipeline
+from aero_jax.data import pipeline, shards
 from aero_jax.data.stdlib import split_of
 
 SOURCE_TEXTS = {p: f"# {p}\n" + "value = 12345\n" * (i + 1)
@@ -136,3 +136,11 @@ def test_ngram_baselines_of_a_large_training_set_use_evenly_spaced_rows(monkeypa
     sampled = ngram_perplexity(rows, evaluation, order=1, vocab_size=8)
     assert exact == pytest.approx(408 / 11) and sampled == pytest.approx(48 / 2)  # add-one: 11 of 408, 2 of 48
     assert pipeline._evenly_spaced_rows(rows, 40).shape == (10, 5)
+
+
+@pytest.mark.parametrize("sizes, ranges", [([], [(0, 0)]), ([5, 5, 5], [(0, 3)]), ([6, 6, 6], [(0, 1), (1, 2), (2, 3)]),
+                                           ([3, 4, 20, 1, 2], [(0, 2), (2, 3), (3, 5)])])
+def test_shards_are_contiguous_and_hold_at_most_the_limit(sizes, ranges):
+    assert shards.shard_ranges(sizes, max_bytes=10) == ranges
+    assert shards.shards_of("train", ["validation_000", "train_001", "train_000", "train_x"]) == ["train_000",
+                                                                                             "train_001"]

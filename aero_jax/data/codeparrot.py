@@ -19,12 +19,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
+from aero_jax.data.shards import shard_name, shard_ranges
 
 FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 SPLIT_FOLDERS = {"train": "codeparrot-ds-train", "validation": "codeparrot-ds-valid"}
 TEXT_FIELD = "content"
 RELEASED_SEED = 0
 _IGNORED = ("README.md", ".gitattributes")
+_COMPRESSION = 4  # how much larger than its file a compressed file's text is taken to be, when sizing shards
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
 Download the two dataset repositories as they are published into one folder, then pass it as
@@ -82,18 +84,38 @@ class CodeparrotDs(tfds.core.GeneratorBasedBuilder):
         return {split: data_files(os.path.join(manual_dir, folder)) for split, folder in SPLIT_FOLDERS.items()}
 
     def _split_generators(self, dl_manager) -> Dict[str, Iterator[Tuple[int, dict]]]:
-        files = self.split_files(os.fspath(dl_manager.manual_dir))
-        return {split: self._generate_examples(paths, self.builder_config.documents[split])
-                for split, paths in files.items()}
+        """Each split as shards of about SHARD_BYTES of text, contiguous in the published order."""
+        generators = {}
+        for split, paths in self.split_files(os.fspath(dl_manager.manual_dir)).items():
+            counts = [count_records(p) for p in paths]
+            selected = released_selection(sum(counts), self.builder_config.documents[split])
+            sizes = [0 if selected is not None and not selected[i] else size
+                     for i, size in enumerate(_estimated_text_bytes(paths, counts))]
+            for k, (start, stop) in enumerate(shard_ranges(sizes)):
+                generators[shard_name(split, k)] = self._generate_examples(paths, counts, selected, start, stop)
+        return generators
 
-    def _generate_examples(self, paths: List[str], keep: Optional[int]) -> Iterator[Tuple[int, dict]]:
-        selected = released_selection(sum(count_records(p) for p in paths), keep)
-        index = 0
-        for path in paths:
-            for text in read_texts(path):
-                if selected is None or selected[index]:
-                    yield index, {"text": text, "index": index}  # TFDS hashes the keys: shuffled buckets
-                index += 1
+    def _generate_examples(self, paths: List[str], counts: List[int], selected: Optional[np.ndarray], start: int,
+                           stop: int) -> Iterator[Tuple[int, dict]]:
+        """Documents [start, stop) of the split in file order (the released selection's only)."""
+        first = 0
+        for path, count in zip(paths, counts):
+            if first < stop and first + count > start:
+                for index, text in enumerate(read_texts(path), start=first):
+                    if index >= stop:
+                        break
+                    if index >= start and (selected is None or selected[index]):
+                        yield index, {"text": text, "index": index}  # TFDS hashes the keys: shuffled buckets
+            first += count
+
+
+def _estimated_text_bytes(paths: List[str], counts: List[int]) -> List[int]:
+    """A size per document for cutting shards: its file's bytes shared evenly (compressed files x4)."""
+    sizes = []
+    for path, count in zip(paths, counts):
+        factor = 1 if path.endswith((".jsonl", ".json")) else _COMPRESSION
+        sizes += [os.path.getsize(path) * factor // max(count, 1)] * count
+    return sizes
 
 
 def released_selection(total: int, keep: Optional[int]) -> Optional[np.ndarray]:

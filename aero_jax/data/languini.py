@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
+from aero_jax.data.shards import shard_name, shard_ranges
 
 VOCABULARY = "books_16384"
 VOCAB_SIZE = 16384
@@ -65,8 +66,13 @@ class LanguiniBooks(tfds.core.GeneratorBasedBuilder):
         return {split: book_paths(manual_dir, name) for split, name in SPLIT_LISTS.items()}
 
     def _split_generators(self, dl_manager) -> Dict[str, Iterator[Tuple[str, dict]]]:
-        return {split: self._generate_examples(paths)
-                for split, paths in self.split_files(os.fspath(dl_manager.manual_dir)).items()}
+        """Each split as shards of about SHARD_BYTES of ids, in the list's order."""
+        generators = {}
+        for split, paths in self.split_files(os.fspath(dl_manager.manual_dir)).items():
+            ranges = shard_ranges([os.path.getsize(p) for p in paths])
+            generators.update({shard_name(split, k): self._generate_examples(paths[start:stop])
+                               for k, (start, stop) in enumerate(ranges)})
+        return generators
 
     def _generate_examples(self, paths: List[str]) -> Iterator[Tuple[str, dict]]:
         for path in paths:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from aero_jax.config import ConfigError
 from aero_jax.data.cache import Rows, cached_array, exclusive_lock
 from aero_jax.data.packing import check_packing, pack_blocks
+from aero_jax.data.shards import shards_of
 from aero_jax.data.stdlib import prepare_stdlib, remove_incomplete_builds
 from aero_jax.data.tokenizers import Tokenizer
 
@@ -136,16 +137,23 @@ def open_split(dataset: str, split: str, *, data_dir: str, source_dir: Optional[
 
 def _open_split_and_info(dataset: str, split: str, data_dir: str, source_dir: Optional[str],
                          manual_dir: Optional[str] = None):
-    sources, info = _open_dataset(dataset, data_dir, source_dir, manual_dir)
-    if split not in sources:
-        raise ConfigError(f"split={split!r} is invalid for {dataset}; accepted: {', '.join(sorted(sources))}")
-    return sources[split], info
+    """(random-access source, dataset info) of a split, or of its shards joined (aero_jax/data/shards.py)."""
+    builder = _open_dataset(dataset, data_dir, source_dir, manual_dir)
+    names = list(builder.info.splits.keys())
+    parts = [split] if split in names else shards_of(split, names)
+    if not parts:
+        whole = sorted({re.sub(r"_\d{3}$", "", n) for n in names})
+        raise ConfigError(f"split={split!r} is invalid for {dataset}; accepted: {', '.join(whole)}")
+    try:
+        return builder.as_data_source(split="+".join(parts)), builder.info
+    except NotImplementedError as error:  # e.g. a dataset prepared as TFRecord
+        raise ConfigError(f"{dataset} in {data_dir} cannot be read by index; prepare it with "
+                          f"file_format='array_record' ({error})") from error
 
 
-def _open_dataset(
-    dataset: str, data_dir: str, source_dir: Optional[str], manual_dir: Optional[str] = None
-) -> Tuple[Mapping[str, object], tfds.core.DatasetInfo]:
-    """Random-access sources by split name, and the dataset's info; prepares python_stdlib if needed."""
+def _open_dataset(dataset: str, data_dir: str, source_dir: Optional[str],
+                  manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+    """The dataset's prepared builder; python_stdlib and manual datasets are built when needed."""
     if not data_dir:
         raise ConfigError(f"data_dir={data_dir!r} is invalid; accepted: the folder that holds (or will hold) {dataset}")
     if dataset in BUILTIN_DATASETS:
@@ -159,11 +167,7 @@ def _open_dataset(
                           f"not {dataset!r}")
     else:
         builder = _prepared_builder(dataset, data_dir)
-    try:
-        return builder.as_data_source(), builder.info
-    except NotImplementedError as error:  # e.g. a dataset prepared as TFRecord
-        raise ConfigError(f"{dataset} in {data_dir} cannot be read by index; prepare it with "
-                          f"file_format='array_record' ({error})") from error
+    return builder
 
 
 def _built_from_manual_dir(dataset: str, data_dir: str, manual_dir: Optional[str]) -> tfds.core.DatasetBuilder:
