@@ -138,8 +138,11 @@ def test_ngram_baselines_of_a_large_training_set_use_evenly_spaced_rows(monkeypa
     assert pipeline._evenly_spaced_rows(rows, 40).shape == (10, 5)
 
 
-@pytest.mark.parametrize("sizes, ranges", [([], [(0, 0)]), ([5, 5, 5], [(0, 3)]), ([6, 6, 6], [(0, 1), (1, 2), (2, 3)]),
-                                           ([3, 4, 20, 1, 2], [(0, 2), (2, 3), (3, 5)])])
+SHARDS = [([], [(0, 0)]), ([2, 3, 4], [(0, 3)]), ([5, 5, 5], [(0, 2), (2, 3)]), ([6, 6, 6], [(0, 1), (1, 2), (2, 3)]),
+          ([3, 4, 20, 1, 2], [(0, 2), (2, 3), (3, 5)])]
+
+
+@pytest.mark.parametrize("sizes, ranges", SHARDS)
 def test_shards_are_contiguous_and_hold_at_most_the_limit(sizes, ranges):
     assert shards.shard_ranges(sizes, max_bytes=10) == ranges
     assert shards.shards_of("train", ["validation_000", "train_001", "train_000", "train_x"]) == ["train_000",
