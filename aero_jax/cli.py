@@ -244,7 +244,8 @@ def _prepare_main(argv):
         prepared = load_data(config, tokenizer, model_config.max_len, publish=True)
         for split, rows in zip(("train", "validation"), prepared):
             print(json.dumps({"split": split, "rows": rows.shape[0], "seq_len": rows.shape[1], "dtype": str(rows.dtype),
-                              "tokens": int(rows.size), "bytes": int(rows.nbytes), "file": rows.filename}), flush=True)
+                              "tokens": int(rows.size), "bytes": int(rows.nbytes), "cache_dir": config.data.cache_dir,
+                              "file": rows.filename}), flush=True)
 
     run_command("aero-prepare-data", body, verbose=FLAGS.verbose)
 

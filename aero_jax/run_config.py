@@ -89,10 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         dataset="python_stdlib",  # the embedded default; any other name is read with tfds.data_source
         source_dir="",  # python_stdlib only: another folder of .py files instead of the standard library
-        manual_dir="",  # codeparrot_ds only: the downloaded files it is built from once (aero_jax/data/codeparrot.py)
+        manual_dir="",  # codeparrot_ds, languini_books: the downloaded files they are built from once
         data_dir="~/.cache/aero_jax/tensorflow_datasets",  # TFDS data_dir (local path or gs://)
         cache_dir="~/.cache/aero_jax/packed",  # tokenized, packed sequences, keyed by their inputs
-        tokenizer="byte",  # byte | bpe
+        tokenizer="byte",  # byte | bpe | sentencepiece
         tokenizer_path="",  # tokenizer.json, for bpe
         packing="chunk",  # chunk (the papers: T-token pieces, remainders dropped) | concat
     ))

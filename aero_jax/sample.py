@@ -75,8 +75,10 @@ def choose(logits_BxV: jnp.ndarray, rng: jax.Array, sampling: Sampling) -> jnp.n
     if sampling.temperature == 0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     scaled_BxV = logits_BxV / sampling.temperature
-    keep_BxV = top_k_keep(scaled_BxV, sampling.top_k) & top_p_keep(scaled_BxV, sampling.top_p)
-    return jax.random.categorical(rng, jnp.where(keep_BxV, scaled_BxV, -jnp.inf), axis=-1).astype(jnp.int32)
+    top_k_BxV = jnp.where(top_k_keep(scaled_BxV, sampling.top_k), scaled_BxV, -jnp.inf)
+    # The nucleus of what top-k kept, renormalised, as Hugging Face's samplers apply them one after the other.
+    kept_BxV = jnp.where(top_p_keep(top_k_BxV, sampling.top_p), top_k_BxV, -jnp.inf)
+    return jax.random.categorical(rng, kept_BxV, axis=-1).astype(jnp.int32)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], *, pad_id: int = 0):
@@ -102,10 +104,29 @@ def init_cache(model: AeroLM, batch_size: int, length: int) -> dict:
 
 
 def decode_step(model: AeroLM, variables, cache, tokens_BxT: jnp.ndarray, positions_BxT: jnp.ndarray):
-    """(logits [B, T, V], updated cache): the next T tokens of every row appended to the cache."""
+    """(logits [B, T, V], updated cache): the next T tokens of every row appended to the cache.
+
+    Outside jit, a step past the cache's end or a position past max_len is refused (inside, generate's
+    own checks guarantee neither happens).
+    """
+    _check_room(cache, tokens_BxT.shape[-1], positions_BxT, model.config.max_len)
     logits_BxTxV, updated = model.apply({**variables, CACHE: cache}, tokens_BxT, positions_BxT=positions_BxT,
                                         decode=True, mutable=[CACHE])
     return logits_BxTxV, updated[CACHE]
+
+
+def _check_room(cache, count: int, positions_BxT, max_len: int) -> None:
+    """One clear error for tokens that would not fit the cache, or positions without an embedding."""
+    try:
+        next_slot, length = int(cache["next_slot"]), cache["positions"].shape[-1]
+        last = int(jnp.max(positions_BxT))
+    except jax.errors.ConcretizationTypeError:
+        return  # traced: the caller checked before tracing
+    if next_slot + count > length:
+        raise ConfigError(f"{count} more tokens at slot {next_slot} overflow a cache of {length}; accepted: at most "
+                          f"{length - next_slot} (init_cache with a longer length)")
+    if last >= max_len:
+        raise ConfigError(f"position {last} is invalid; accepted: positions below max_len={max_len}")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eot_id"))

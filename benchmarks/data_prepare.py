@@ -65,7 +65,8 @@ def build_dataset(manual: str, data_dir: str) -> dict:
 
     builder = tfds.builder(f"{CodeparrotDs.name}/full", data_dir=data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
-    return {"documents": builder.info.splits["train"].num_examples}
+    train = [s for s in builder.info.splits if s.startswith("train")]
+    return {"documents": sum(builder.info.splits[s].num_examples for s in train), "shards": len(train)}
 
 
 def train_tokenizer(data_dir: str, out: str) -> dict:

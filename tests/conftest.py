@@ -45,7 +45,8 @@ def mock_bucket(root: str):
     local = lambda path: os.fspath(path).replace(BUCKET, str(root))  # noqa: E731
     makedirs = lambda _, path, *a, **k: os.makedirs(local(path), exist_ok=True)  # noqa: E731
     with testing.mock_epath(exists=lambda _, path: os.path.exists(local(path)), mkdir=makedirs, makedirs=makedirs,
-                            open=lambda _, path, mode="r", *a, **k: open(local(path), mode)):
+                            open=lambda _, path, mode="r", *a, **k: open(local(path), mode),
+                            remove=lambda _, path: os.remove(local(path))):
         yield
 
 

@@ -149,3 +149,6 @@ def test_a_bucket_cache_is_filled_once_and_read_through_each_hosts_copy(bucket, 
     with pytest.raises(ConfigError, match="is shorter than its manifest says"):
         cached_array("gs://test-bucket/cache", KEY, Builder(), name="tokens")
     assert not list((tmp_path / "host2").rglob("*.json"))  # nothing trusted on host2
+    repaired = cached_array("gs://test-bucket/cache", KEY, Builder(5), name="tokens", publish=True)
+    bucket("host3")
+    assert (repaired == 5).all() and (cached_array("gs://test-bucket/cache", KEY, Builder(), name="tokens") == 5).all()

@@ -13,7 +13,8 @@ from aero_jax.config import ConfigError
 from aero_jax.data import ByteTokenizer
 from aero_jax.export.parity import moved_model
 from aero_jax.model import AeroLM
-from aero_jax.sample import (decode_step, generate, init_cache, left_pad, top_k_keep, top_p_keep, until_stop)
+from aero_jax.sample import (Sampling, choose, decode_step, generate, init_cache, left_pad, top_k_keep, top_p_keep,
+                             until_stop)
 
 TINY = dict(size="tiny", num_layers=2, max_len=12)
 DEFAULT = "EReg(SM(t)+ScFuFFN)"
@@ -64,6 +65,16 @@ def test_left_padded_prompts_give_the_logits_of_each_prompt_alone(name):
     for row, prompt in enumerate(prompts):
         alone = model.apply(variables, jnp.asarray(prompt)[None])
         np.testing.assert_allclose(np.asarray(cached[row, -len(prompt):]), np.asarray(alone[0]), atol=1e-4, rtol=1e-4)
+
+
+def test_decoding_past_the_cache_or_max_len_is_refused():
+    model, variables = _variables("SM+LN+G")
+    cache = init_cache(model, 1, 4)
+    _, cache = decode_step(model, variables, cache, jnp.zeros((1, 3), jnp.int32), jnp.arange(3)[None])
+    with pytest.raises(ConfigError, match="2 more tokens at slot 3 overflow a cache of 4; accepted: at most 1"):
+        decode_step(model, variables, cache, jnp.zeros((1, 2), jnp.int32), jnp.arange(3, 5)[None])
+    with pytest.raises(ConfigError, match="position 12 is invalid; accepted: positions below max_len=12"):
+        decode_step(model, variables, cache, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), 12))
 
 
 def test_the_frozen_layernorm_substitute_decodes_like_its_full_pass():
@@ -135,6 +146,14 @@ PROBABILITIES = jnp.log(jnp.array([[0.125, 0.5, 0.125, 0.25]]))
                                      (1.0, {0, 1, 2, 3})])
 def test_top_p_keeps_the_fewest_tokens_reaching_p_and_their_ties(p, kept):
     assert set(np.flatnonzero(np.asarray(top_p_keep(PROBABILITIES, p))[0])) == kept
+
+
+def test_top_p_applies_to_what_top_k_kept_renormalised():
+    """Of 0.4, 0.3, 0.2, 0.1, top-k 2 leaves 0.57 and 0.43: a nucleus of 0.5 is then the first token alone."""
+    logits = jnp.log(jnp.tile(jnp.array([[0.4, 0.3, 0.2, 0.1]]), (256, 1)))
+    chosen = choose(logits, jax.random.key(0), Sampling(temperature=1.0, top_k=2, top_p=0.5))
+    assert (chosen == 0).all()
+    assert set(np.asarray(choose(logits, jax.random.key(0), Sampling(temperature=1.0, top_k=2)))) == {0, 1}
 
 
 @pytest.mark.parametrize("prompts, settings, message", [

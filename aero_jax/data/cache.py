@@ -79,8 +79,8 @@ def cached_array(cache_dir: str, key: dict, build: Callable[[], Union[np.ndarray
         built = build()
         rows = built if isinstance(built, Rows) else Rows(built.shape[1:], built.dtype, [built])
         _remove_if_present(manifest_path)
-        manifest = _manifest(full_key, _write_atomically(array_path, lambda f: write_rows(f, rows)))
-        _write_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        manifest = _manifest(full_key, write_atomically(array_path, lambda f: write_rows(f, rows)))
+        write_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return np.load(array_path, mmap_mode="r")
 
 
@@ -91,12 +91,19 @@ def _through_mirror(bucket: str, key: dict, build, *, name: str, publish: bool) 
     mirror = os.path.join(os.path.expanduser(MIRROR_ROOT), hashlib.sha256(bucket.encode()).hexdigest()[:16])
     remote = epath.Path(bucket)
     if (remote / f"{base}.json").exists():
-        return cached_array(mirror, key, lambda: _download(remote / base, full_key), name=name)
-    if not publish:
+        try:
+            return cached_array(mirror, key, lambda: _download(remote / base, full_key), name=name)
+        except ConfigError:
+            if not publish:
+                raise
+            log.warning("the bucket's %s is damaged; preparing and uploading it again", base)  # repaired below
+    elif not publish:
         raise ConfigError(f"cache_dir={bucket} holds no {base}.json; accepted: a bucket filled once by "
                           f"aero-prepare-data with this config (every host then copies it, none tokenizes)")
     array = cached_array(mirror, key, build, name=name)
     remote.mkdir(parents=True, exist_ok=True)
+    if (remote / f"{base}.json").exists():  # a damaged entry: no reader may trust it while it is replaced
+        (remote / f"{base}.json").unlink()
     for suffix in (".npy", ".json"):  # the manifest last: a reader never trusts a half-uploaded array
         _copy(os.path.join(mirror, base + suffix), remote / f"{base}{suffix}")
     return array
@@ -123,7 +130,10 @@ def _download(remote_base: epath.Path, full_key: dict) -> Rows:
         digest, left = hashlib.sha256(), shape[0]
         with array_path.open("rb") as f:
             major, _ = np.lib.format.read_magic(f)
-            (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+            header = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+            if (list(header[0]), header[2]) != (shape, dtype):
+                raise ConfigError(f"{array_path} holds {header[2]} {list(header[0])}, its manifest says {dtype} {shape}; "
+                                  f"accepted: a complete upload (run aero-prepare-data again)")
             while left:
                 rows = min(left, max(1, _COPY_BYTES // max(row_bytes, 1)))
                 data = f.read(rows * row_bytes)
@@ -216,15 +226,18 @@ def write_rows(f, rows: Rows) -> dict:
     """
     dtype, row_shape = np.dtype(rows.dtype), tuple(rows.row_shape)
     f.write(b"\0" * _HEADER_BYTES)
-    digest, count = hashlib.sha256(), 0
-    for block in rows.blocks:
-        block = np.ascontiguousarray(block)
-        if block.dtype != dtype or block.shape[1:] != row_shape:
-            raise ValueError(f"a block of {block.dtype} {block.shape} among rows of {dtype} [n, {row_shape}]")
-        data = memoryview(block).cast("B")
-        f.write(data)
-        digest.update(data)
-        count += block.shape[0]
+    digest, count, blocks = hashlib.sha256(), 0, iter(rows.blocks)
+    try:
+        for block in blocks:
+            block = np.ascontiguousarray(block)
+            if block.dtype != dtype or block.shape[1:] != row_shape:
+                raise ValueError(f"a block of {block.dtype} {block.shape} among rows of {dtype} [n, {row_shape}]")
+            data = memoryview(block).cast("B")
+            f.write(data)
+            digest.update(data)
+            count += block.shape[0]
+    finally:  # a failed write closes the stream at once (its open files, its progress bar)
+        getattr(blocks, "close", lambda: None)()
     shape = (count, *row_shape)
     f.seek(0)
     f.write(_npy_header(shape, dtype))
@@ -242,7 +255,7 @@ def _npy_header(shape: Tuple[int, ...], dtype: np.dtype) -> bytes:
     return np.lib.format.magic(1, 0) + struct.pack("<H", room) + (text.ljust(room - 1) + "\n").encode("latin1")
 
 
-def _write_atomically(path: str, write: Callable):
+def write_atomically(path: str, write: Callable):
     """Write through a temporary file in the same folder, fsync, then rename over `path`; what `write` returns."""
     folder, base = os.path.split(path)
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")

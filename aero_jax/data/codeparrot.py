@@ -25,7 +25,7 @@ FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 SPLIT_FOLDERS = {"train": "codeparrot-ds-train", "validation": "codeparrot-ds-valid"}
 TEXT_FIELD = "content"
 RELEASED_SEED = 0
-_IGNORED = ("README.md", ".gitattributes")
+_IGNORED = ("README.md", ".gitattributes", "dataset_info.json", "dataset_infos.json", "state.json")  # hub metadata
 _COMPRESSION = 4  # how much larger than its file a compressed file's text is taken to be, when sizing shards
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""

@@ -80,8 +80,7 @@ class LanguiniBooks(tfds.core.GeneratorBasedBuilder):
             if ids.ndim != 1 or ids.dtype != np.uint16 or (ids.size and int(ids.max()) >= VOCAB_SIZE):
                 raise ConfigError(f"book {path} holds {ids.dtype} {ids.shape}; accepted: 1-D uint16 ids below "
                                   f"{VOCAB_SIZE} ({VOCABULARY})")
-            name = os.path.basename(path)
-            yield name, {"tokens": np.asarray(ids), "name": name}
+            yield path, {"tokens": np.asarray(ids), "name": os.path.basename(path)}  # the path: a unique key
 
 
 def book_paths(manual_dir: str, list_name: str) -> List[str]:
@@ -91,8 +90,9 @@ def book_paths(manual_dir: str, list_name: str) -> List[str]:
         raise ConfigError(f"manual folder {manual_dir} has no {list_name}; accepted: Languini's data/books folder "
                           f"({', '.join(SPLIT_LISTS.values())} and {VOCABULARY}/files/*.npy)")
     rows = np.load(list_path, allow_pickle=True)
+    listed = [str(row) for row in rows] if rows.ndim == 1 else [str(row[0]) for row in rows]  # paths, or (path, n)
     books = os.path.join(manual_dir, VOCABULARY)
-    paths = [_book_path(books, str(row[0])) for row in np.atleast_2d(rows)]
+    paths = [_book_path(books, path) for path in listed]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise ConfigError(f"{len(missing)} of the {len(paths)} books in {list_path} are missing, e.g. {missing[0]}; "

@@ -180,6 +180,9 @@ def _built_from_manual_dir(dataset: str, data_dir: str, manual_dir: Optional[str
                           f"the downloaded files> to build it once (aero-prepare-data)")
     manual_dir = os.path.expanduser(manual_dir)
     builder.split_files(manual_dir)  # a missing, empty or foreign folder fails here, before anything is written
+    if "://" in data_dir:
+        raise ConfigError(f"data_dir={data_dir} is a bucket; accepted: a local data_dir to build {dataset} in (copy "
+                          f"the built folder to the bucket afterwards)")
     name = dataset.split("/")[0]
     os.makedirs(data_dir, exist_ok=True)
     with exclusive_lock(os.path.join(data_dir, f"{name}.lock")):
@@ -216,7 +219,7 @@ def _prepared_names(data_dir: str) -> Tuple[str, ...]:
     return tuple(sorted({os.fspath(info.parent.parent.relative_to(root)) for info in infos}))
 
 
-def texts(source, *, desc: str) -> Iterator[list]:
+def text_batches(source, *, desc: str) -> Iterator[list]:
     """The `text` feature of every record, in order and in batches, decoded as UTF-8, with a progress bar."""
     return _batches(source, lambda records: _sized([_text_of(r) for r in records]), desc=desc)
 
@@ -226,6 +229,10 @@ def documents(source, tokenizer: Tokenizer, *, desc: str) -> Iterator[np.ndarray
     def ids(records):
         if records and "tokens" in records[0]:
             batch = [np.asarray(r["tokens"], dtype=np.int32) for r in records]
+            largest = max((int(b.max()) for b in batch if b.size), default=0)
+            if largest >= tokenizer.vocab_size:
+                raise ConfigError(f"a stored document holds token id {largest}; accepted: ids below the "
+                                  f"{tokenizer.kind} tokenizer's {tokenizer.vocab_size}")
             return batch, sum(b.size for b in batch) * 2 / 1e6  # as stored: uint16
         texts_, megabytes = _sized([_text_of(r) for r in records])
         return tokenizer.encode_batch(texts_), megabytes

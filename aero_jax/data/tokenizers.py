@@ -148,7 +148,8 @@ def make_tokenizer(kind: str, path: Optional[str] = None) -> Tokenizer:
     """The tokenizer named by a config: "byte" (no path), "bpe" (a tokenizer.json), "sentencepiece" (a .model)."""
     if kind == "byte":
         if path is not None:
-            raise ConfigError(f"tokenizer path={path!r} is only used with kind='bpe'; the byte tokenizer needs none")
+            raise ConfigError(f"tokenizer path={path!r} is only used with kind='bpe' or 'sentencepiece'; the byte "
+                              f"tokenizer needs none")
         return ByteTokenizer()
     if kind == "bpe":
         if not path:
@@ -188,7 +189,8 @@ def train_bpe(text_batches, *, vocab_size: int, num_documents: int) -> tokenizer
 
 
 def _train_command(args) -> None:
-    from aero_jax.data.pipeline import open_split, texts
+    from aero_jax.data.cache import write_atomically
+    from aero_jax.data.pipeline import open_split, text_batches
 
     minimum = len(tokenizers.pre_tokenizers.ByteLevel.alphabet()) + 1
     if args.vocab_size < minimum:
@@ -199,13 +201,10 @@ def _train_command(args) -> None:
     source = open_split(args.dataset, args.split, data_dir=os.path.expanduser(args.data_dir),
                         source_dir=os.path.expanduser(args.source_dir) if args.source_dir else None,
                         manual_dir=args.manual_dir or None)
-    tokenizer = train_bpe(texts(source, desc=f"reading {args.dataset}/{args.split}"), vocab_size=args.vocab_size,
-                          num_documents=len(source))
-    folder = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(args.out)}.partial")
-    tokenizer.save(temporary)
-    os.replace(temporary, args.out)
+    tokenizer = train_bpe(text_batches(source, desc=f"reading {args.dataset}/{args.split}"),
+                          vocab_size=args.vocab_size, num_documents=len(source))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    write_atomically(args.out, lambda f: f.write(tokenizer.to_str().encode()))
     print(f"wrote {args.out}: byte-level BPE, {tokenizer.get_vocab_size()} tokens, end-of-text id "
           f"{tokenizer.token_to_id(EOT_TOKEN)}")
 
