@@ -132,8 +132,8 @@ def _download(remote_base: epath.Path, full_key: dict) -> Rows:
             major, _ = np.lib.format.read_magic(f)
             header = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
             if (list(header[0]), header[2]) != (shape, dtype):
-                raise ConfigError(f"{array_path} holds {header[2]} {list(header[0])}, its manifest says {dtype} {shape}; "
-                                  f"accepted: a complete upload (run aero-prepare-data again)")
+                raise ConfigError(f"{array_path} holds {header[2]} {list(header[0])}, its manifest says {dtype} "
+                                  f"{shape}; accepted: a complete upload (run aero-prepare-data again)")
             while left:
                 rows = min(left, max(1, _COPY_BYTES // max(row_bytes, 1)))
                 data = f.read(rows * row_bytes)
