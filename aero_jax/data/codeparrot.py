@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
-from aero_jax.data.shards import shard_name, shard_ranges
+from aero_jax.data.shards import ManualBuilder, shard_name, shard_ranges
 
 FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 SPLIT_FOLDERS = {"train": "codeparrot-ds-train", "validation": "codeparrot-ds-valid"}
@@ -51,7 +51,7 @@ class CodeparrotDsConfig(tfds.core.BuilderConfig):
         self.documents = {"train": train_documents, "validation": validation_documents}
 
 
-class CodeparrotDs(tfds.core.GeneratorBasedBuilder):
+class CodeparrotDs(ManualBuilder):
     """Python files of the codeparrot-ds datasets (text and index in the published order)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -64,10 +64,6 @@ class CodeparrotDs(tfds.core.GeneratorBasedBuilder):
         CodeparrotDsConfig(name="full", description="every document of both splits", train_documents=None,
                            validation_documents=None),
     ]
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
-from aero_jax.data.shards import shard_name, shard_ranges
+from aero_jax.data.shards import ManualBuilder, shard_name, shard_ranges
 
 VOCABULARY = "books_16384"
 VOCAB_SIZE = 16384
@@ -38,16 +38,12 @@ model for decoding is languini/vocabs/spm_models/{VOCABULARY}.model (data.tokeni
 """
 
 
-class LanguiniBooks(tfds.core.GeneratorBasedBuilder):
+class LanguiniBooks(ManualBuilder):
     """Books as token ids of Languini's books_16384 vocabulary (name and ids)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Train and iid-test books, ids as Languini's tokenizer wrote them."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

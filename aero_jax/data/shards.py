@@ -9,7 +9,17 @@ from __future__ import annotations
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+import tensorflow_datasets as tfds
+
 SHARD_BYTES = 128 << 20
+
+
+class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder over files the user downloaded (manual_dir), stored as ArrayRecord, its splits as shards."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
 
 
 def shard_name(split: str, index: int) -> str:
