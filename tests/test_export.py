@@ -298,6 +298,7 @@ def zero_spectral_vectors(state):
     return state.replace(model_state=jax.tree_util.tree_map(np.zeros_like, state.model_state))
 
 
+@pytest.mark.slow  # thirteen console-script runs: about 45 s
 def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path):
     empty = tmp_path / "empty_run"
     empty.mkdir()

@@ -17,12 +17,14 @@ from aero_jax.sample import (Sampling, choose, decode_step, generate, init_cache
                              until_stop)
 
 TINY = dict(size="tiny", num_layers=2, max_len=12)
-DEFAULT = "EReg(SM(t)+ScFuFFN)"
-# EReg(X) decodes exactly as X does (the regularizer adds parameters only the loss reads): the default suite
-# decodes every base architecture and the default EReg model, the slow suite every EReg(X) too.
-EVERY_PRESET = [name if not name.startswith("EReg(") or name == DEFAULT else pytest.param(name, marks=pytest.mark.slow)
-                for name in presets.names()]
 PROMPT = 4  # tokens read in the first cached call; the rest are fed one at a time
+DEFAULT = "EReg(SM(t)+ScFuFFN)"
+# Every preset decodes as its full pass (the slow suite); the default suite takes one of each mechanism:
+# LayerNorm, activations, learnable slopes, fused and pruned FFNs, temperatures, weight and spectral norm, EReg.
+REPRESENTATIVE = ("SM+LN+G", "SM+LN+R", "SM+R", "SM", "SM+LReLU(learnable per layer)", "SM+ScFuFFN[FFN:L/2]",
+                  "SM(t)+ScFuFFN", "SM+WNorm(QK+FFN)", "SM+SNorm(QK+FFN)", DEFAULT)
+EVERY_PRESET = [name if name in REPRESENTATIVE else pytest.param(name, marks=pytest.mark.slow)
+                for name in presets.names()]
 
 
 def _variables(name, **overrides):
