@@ -232,16 +232,13 @@ def _prepare_main(argv):
     _quiet_libraries()
 
     def body():
-        from aero_jax import data
         from aero_jax.run_config import model_config_from, validate
-        from aero_jax.trainer import load_data
+        from aero_jax.trainer import checked_tokenizer, load_data
 
         config = resolved_config(FLAGS["config"])
         validate(config)
         model_config = model_config_from(config.model)
-        tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
-        data.check_vocab(tokenizer, model_config.vocab_size)
-        prepared = load_data(config, tokenizer, model_config.max_len, publish=True)
+        prepared = load_data(config, checked_tokenizer(config, model_config), model_config.max_len, publish=True)
         for split, rows in zip(("train", "validation"), prepared):
             print(json.dumps({"split": split, "rows": rows.shape[0], "seq_len": rows.shape[1], "dtype": str(rows.dtype),
                               "tokens": int(rows.size), "bytes": int(rows.nbytes), "cache_dir": config.data.cache_dir,

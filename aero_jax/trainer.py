@@ -83,6 +83,13 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model
         write_text_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def checked_tokenizer(config, model_config: ModelConfig):
+    """The run's tokenizer; a model whose vocabulary differs from it is refused, naming both sizes."""
+    tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
+    data.check_vocab(tokenizer, model_config.vocab_size)
+    return tokenizer
+
+
 def load_data(config, tokenizer, seq_len: int, *, publish: bool = False):
     """(train rows, validation rows) packed for the run's data section (`publish`: fill a bucket cache_dir)."""
     d = config.data
@@ -133,8 +140,7 @@ class Trainer:
         validate(config)
         self.config, self.workdir = config, workdir
         self.model_config = model_config_from(config.model)
-        tokenizer = data.make_tokenizer(config.data.tokenizer, config.data.tokenizer_path or None)
-        data.check_vocab(tokenizer, self.model_config.vocab_size)
+        tokenizer = checked_tokenizer(config, self.model_config)
         make_workdir(workdir)
         _check_workdir_config(workdir, config, self.model_config)
         self.train_rows, self.val_rows = load_data(config, tokenizer, self.model_config.max_len)

@@ -70,13 +70,11 @@ def build_dataset(manual: str, data_dir: str) -> dict:
 
 
 def train_tokenizer(data_dir: str, out: str) -> dict:
-    from aero_jax.data.pipeline import open_split
+    from aero_jax.data.pipeline import open_split, text_batches
     from aero_jax.data.tokenizers import train_bpe
 
-    source = open_split("codeparrot_ds/full", "train", data_dir=data_dir)
     batches, total = [], 0
-    for start in range(0, len(source), 256):
-        texts = [r["text"].decode() for r in source.__getitems__(list(range(start, min(start + 256, len(source)))))]
+    for texts in text_batches(open_split("codeparrot_ds/full", "train", data_dir=data_dir), desc="reading"):
         batches.append(texts)
         total += sum(map(len, texts))
         if total > 20e6:
@@ -98,22 +96,23 @@ def prepare(data_dir: str, cache_dir: str, tokenizer_path: str) -> dict:
 def encode_limit(data_dir: str, tokenizer_path: str) -> dict:
     """Seconds of `encode_batch` alone; the texts are read in 64 MB pieces outside the timed part."""
     from aero_jax import data
-    from aero_jax.data.pipeline import open_split
+    from aero_jax.data.pipeline import open_split, text_batches
 
     tokenizer = data.make_tokenizer("bpe", tokenizer_path)
-    source = open_split("codeparrot_ds/full", "train", data_dir=data_dir)
     encoding, piece, size = 0.0, [], 0
-    for start in range(0, len(source), 256):
-        texts = [r["text"].decode() for r in source.__getitems__(list(range(start, min(start + 256, len(source)))))]
+    for texts in text_batches(open_split("codeparrot_ds/full", "train", data_dir=data_dir), desc="reading"):
         piece.append(texts)
         size += sum(map(len, texts))
-        if size > 64e6 or start + 256 >= len(source):
-            started = time.perf_counter()
-            for batch in piece:
-                tokenizer.encode_batch(batch)
-            encoding += time.perf_counter() - started
-            piece, size = [], 0
-    return {"encode_seconds": encoding}
+        if size > 64e6:
+            encoding, piece, size = encoding + _encoding_seconds(tokenizer, piece), [], 0
+    return {"encode_seconds": encoding + _encoding_seconds(tokenizer, piece)}
+
+
+def _encoding_seconds(tokenizer, batches) -> float:
+    started = time.perf_counter()
+    for batch in batches:
+        tokenizer.encode_batch(batch)
+    return time.perf_counter() - started
 
 
 def sampler_rate(cache_dir: str) -> dict:
