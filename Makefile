@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
 
-.PHONY: train test test-slow bench results clean
+.PHONY: train test test-slow test-tpu bench results clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ test: $(BIN)/.installed
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m slow tests
 
+# aero-compile against libtpu (about 700 MB, so its own environment): TPU topologies compiled on this machine.
+TPU_BIN := .venv-tpu/bin
+$(TPU_BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv .venv-tpu
+	$(TPU_BIN)/pip install --quiet --upgrade pip
+	$(TPU_BIN)/pip install --quiet -e '.[tpu]' pytest
+	touch $@
+
+test-tpu: $(TPU_BIN)/.installed
+	JAX_PLATFORMS=cpu $(TPU_BIN)/python -m pytest tests/tpu
+
 # The reproduction study (studies/paper_claims.py): its runs, resumed where they stopped, then docs/results.md.
 results: $(BIN)/.installed
 	$(BIN)/aero-study --spec studies/paper_claims.py --out docs/results
@@ -34,4 +45,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/decode.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-tpu build *.egg-info

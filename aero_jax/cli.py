@@ -1,8 +1,9 @@
-"""Console entry points: aero-train, aero-eval, aero-prepare-data (absl flags, ml_collections config files).
+"""Console entry points: aero-train, aero-eval, aero-prepare-data, aero-compile (absl flags, ml_collections config files).
 
     aero-train --config=configs/default.py --workdir=workdirs/default [--config.train.num_steps=200]
     aero-eval --workdir=workdirs/default
     aero-prepare-data --config=configs/gpt2_codeparrot.py:ereg_sm_t_scfuffn
+    aero-compile --config=configs/gpt2_codeparrot.py:ereg_sm_t_scfuffn --topology=v5e:2x4
 
 Every command ends in one line when it fails (exit status 2 for bad input, 1 for a run that
 failed); the traceback goes to the workdir's logs/ folder, or to the console with --verbose.
@@ -253,3 +254,38 @@ def prepare_data():
     _define_verbose()
     flags.mark_flags_as_required(["config"])
     app.run(_prepare_main, flags_parser=parse_flags("aero-prepare-data"))
+
+
+# -- aero-compile ---------------------------------------------------------------------------------
+
+def _compile_main(argv):
+    del argv
+    from aero_jax import aot
+
+    outcome = {}
+
+    def body():
+        _quiet_libraries()
+        topology = aot.parse_topology(FLAGS.topology)
+        report = aot.compile_for_topology(resolved_config(FLAGS["config"]), topology, dump_dir=FLAGS.dump,
+                                          steps=aot.checked_steps(FLAGS.steps))
+        print(json.dumps(report, indent=2) if FLAGS.json else aot.format_report(report), flush=True)
+        outcome["fits"] = report["fits"]
+
+    run_command("aero-compile", body, verbose=FLAGS.verbose)
+    sys.exit(0 if outcome["fits"] else 1)
+
+
+def compile_for_tpu():
+    """Compile a config's train and eval steps for a TPU slice without running them; exit 1 when they do not fit."""
+    from aero_jax import aot
+
+    aot.quiet_libtpu()
+    _define_config_flag()
+    flags.DEFINE_string("topology", None, f"The TPU slice: {aot.ACCEPTED_TOPOLOGIES}.")
+    flags.DEFINE_list("steps", list(aot.STEPS), f"Which steps to compile: {', '.join(aot.STEPS)}.")
+    flags.DEFINE_boolean("json", False, "Print the report as JSON.")
+    flags.DEFINE_string("dump", None, "A folder for the optimized HLO text of each step (never overwritten).")
+    _define_verbose()
+    flags.mark_flags_as_required(["config", "topology"])
+    app.run(_compile_main, flags_parser=parse_flags("aero-compile"))

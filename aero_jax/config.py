@@ -20,6 +20,7 @@ TEMPERATURE_PARAMS = ("log", "raw")
 NORM_GROUPS = ("qk", "v", "o", "ffn")
 DTYPES = ("float32", "bfloat16")
 PENALTY_REDUCTIONS = ("per_position_sum", "head_mean")
+REMAT_CHOICES = ("none", "block", "dots")
 
 
 def _fail(field: str, value: Any, accepted: str) -> None:
@@ -89,6 +90,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     init_std: float = 0.02
+    remat: str = "none"  # recompute in the backward pass: none, block (everything), dots (all but weight matmuls)
 
     def __post_init__(self):
         if self.ffn_layers is not None:
@@ -120,7 +122,7 @@ class ModelConfig:
 # Fields that change the loss or the numerics but not the parameters: a run may resume with
 # other values of these; any other difference is another architecture.
 NON_ARCHITECTURE_FIELDS = ("ereg_weight", "ereg_gamma", "ereg_reduction", "ereg_rows", "sow_entropy", "dtype",
-                           "spectral_norm_iters")
+                           "spectral_norm_iters", "remat")
 
 
 def architecture_differences(old: ModelConfig, new: ModelConfig):
@@ -198,3 +200,5 @@ def _validate(c: ModelConfig) -> None:
             _fail(name, getattr(c, name), ", ".join(DTYPES))
     if c.init_std <= 0:
         _fail("init_std", c.init_std, "a positive number")
+    if c.remat not in REMAT_CHOICES:
+        _fail("remat", c.remat, ", ".join(REMAT_CHOICES))

@@ -12,9 +12,10 @@ generated token costs one position, not a pass over the whole sequence (aero_jax
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +29,9 @@ THRESHOLDS = "entropy_thresholds"
 STRENGTH_LOGITS = "entropy_strength_logits"
 CACHE = "cache"
 PAD_POSITION = -1  # the position of a padding token: it attends to nothing and nothing attends to it
+# What a rematerialised block keeps for the backward pass: nothing (recompute the block), or the outputs of the
+# weight matmuls (dots without batch dimensions), so attention and element-wise work are recomputed.
+REMAT_POLICIES = {"block": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 TEMPERATURE_FLOOR = 1e-4  # temperature_param="raw": the learned t is used as max(t, this)
@@ -77,16 +81,18 @@ def default_positions(seq_len: int) -> jnp.ndarray:
     return jnp.arange(seq_len, dtype=jnp.int32)[None]
 
 
-class Positions(NamedTuple):
+@flax.struct.dataclass
+class Positions:
     """Where the tokens of a call sit: queries [B or 1, T] and the keys they see [B or 1, S].
 
     Without decoding the keys are the queries. While decoding the keys are every cached token and
     `slot` is where this call's tokens are written in the cache (None while the cache is created).
+    `decoding` is static, so a rematerialised block still branches on it in Python.
     """
 
     queries_BxT: jnp.ndarray
     keys_BxS: jnp.ndarray
-    decoding: bool = False
+    decoding: bool = flax.struct.field(pytree_node=False, default=False)
     slot: Optional[jnp.ndarray] = None
 
     @classmethod
@@ -189,7 +195,7 @@ class Block(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, x_BxTxD: jnp.ndarray, positions: Optional[Positions] = None, *, train: bool,
+    def __call__(self, x_BxTxD: jnp.ndarray, positions: Optional[Positions] = None, train: bool = False,
                  global_slope=None) -> jnp.ndarray:
         c = self.config
         h = _layer_norm(c, "ln_attn")(x_BxTxD) if c.ln_attn else x_BxTxD
@@ -217,6 +223,9 @@ class AeroLM(nn.Module):
     """
 
     config: ModelConfig
+    # Where the [B, T, D] activations live on a mesh (rows over the batch axes); None leaves it to XLA. Without it
+    # an fsdp mesh propagates the embedding's feature sharding into every layer.
+    activation_sharding: Optional[jax.sharding.Sharding] = None
 
     @nn.compact
     def __call__(self, tokens_BxT: jnp.ndarray, *, train: bool = False, positions_BxT: Optional[jnp.ndarray] = None,
@@ -234,14 +243,15 @@ class AeroLM(nn.Module):
         wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, dtype=jnp.dtype(c.dtype),
                        param_dtype=jnp.dtype(c.param_dtype), name="wte")
         wpe_LxD = self.param("wpe", init, (c.max_len, c.d_model), jnp.dtype(c.param_dtype))
-        x_BxTxD = wte(tokens_BxT) + rows_at(wpe_LxD, queries_BxT).astype(jnp.dtype(c.dtype))
+        x_BxTxD = self._placed(wte(tokens_BxT) + rows_at(wpe_LxD, queries_BxT).astype(jnp.dtype(c.dtype)))
 
         global_slope = None
         if c.activation == "learnable_leaky_relu" and c.leaky_slope_scope == "global":
             global_slope = self.param("leaky_slope", nn.initializers.constant(c.leaky_slope), (), jnp.float32)
+        block = Block if c.remat == "none" or decode else nn.remat(Block, static_argnums=(3,),
+                                                                    policy=REMAT_POLICIES[c.remat])
         for layer in range(c.num_layers):
-            x_BxTxD = Block(c, layer, name=f"block_{layer}")(x_BxTxD, positions, train=train,
-                                                             global_slope=global_slope)
+            x_BxTxD = self._placed(block(c, layer, name=f"block_{layer}")(x_BxTxD, positions, train, global_slope))
         if c.ln_final:
             x_BxTxD = _layer_norm(c, "ln_final")(x_BxTxD)
 
@@ -251,6 +261,11 @@ class AeroLM(nn.Module):
             if c.ereg_head_strengths:
                 self.param(STRENGTH_LOGITS, nn.initializers.zeros, shape, jnp.float32)
         return wte.attend(x_BxTxD).astype(jnp.float32)
+
+    def _placed(self, x_BxTxD: jnp.ndarray) -> jnp.ndarray:
+        if self.activation_sharding is None:
+            return x_BxTxD
+        return jax.lax.with_sharding_constraint(x_BxTxD, self.activation_sharding)
 
     def _cached_positions(self, queries_BxT: jnp.ndarray) -> Positions:
         """Append this call's positions to the cache: the next free slot, and the positions of every cached key.

@@ -122,6 +122,11 @@ def batch_sharding(mesh: Mesh, rules: Mapping[str, str] = RULES) -> NamedShardin
     return NamedSharding(mesh, PartitionSpec(batch_axes or None, None))
 
 
+def activation_sharding(mesh: Mesh, rules: Mapping[str, str] = RULES) -> NamedSharding:
+    """[B, T, D] activations: rows over the batch axes like the batch, features whole (weights are gathered)."""
+    return NamedSharding(mesh, PartitionSpec(*batch_sharding(mesh, rules).spec, None))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

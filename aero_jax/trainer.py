@@ -7,19 +7,22 @@ summary.json live there, and rerunning the same command resumes from the newest 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
 import os
 import signal
 import time
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from etils import epath
+from jax.sharding import Mesh, NamedSharding
 
 from aero_jax import data, distributed, flops, sharding
 from aero_jax.checkpoint import Checkpointer, all_finite
@@ -29,7 +32,7 @@ from aero_jax.model import AeroLM
 from aero_jax.optim import adamw, learning_rate_schedule
 from aero_jax.run_config import architecture_label, model_config_from, validate
 from aero_jax.run_log import RunLog, console
-from aero_jax.train_step import create_train_state, eval_step, jit_train_step
+from aero_jax.train_step import TrainState, create_train_state, eval_step, jit_train_step
 from aero_jax.workdir import make_workdir, workdir_lock, write_text_atomically
 
 CONFIG_FILE = "config.json"
@@ -133,6 +136,57 @@ def build(config: ml_collections.ConfigDict):
     return AeroLM(model_config_from(config.model)), schedule, optimizer
 
 
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What a run executes on a mesh: its model, the sharded layout of its state and its jitted steps.
+
+    aero-train runs these steps; aero-compile lowers the very same ones for a TPU topology.
+    """
+
+    model: AeroLM
+    schedule: optax.Schedule
+    optimizer: optax.GradientTransformation
+    mesh: Mesh
+    init: Callable[[], TrainState]
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    train_step: Callable
+    eval_step: Callable
+
+    def abstract_state(self) -> TrainState:
+        """The train state as sharded shapes: what compiling needs, without allocating it."""
+        return jax.tree_util.tree_map(lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+                                      jax.eval_shape(self.init), self.state_shardings)
+
+    def abstract_batch(self, batch_size: int) -> jax.ShapeDtypeStruct:
+        """A global [batch_size, max_len] batch of token ids as a sharded shape."""
+        return jax.ShapeDtypeStruct((batch_size, self.model.config.max_len), jnp.int32, sharding=self.batch_sharding)
+
+
+def build_program(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None) -> Program:
+    """The model, sharded state layout and jitted train and eval steps of a config, on `devices` (default: all)."""
+    t = config.train
+    model, schedule, optimizer = build(config)
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    rules = dict(config.sharding_rules)
+    sharding.check_rules(rules)
+    sharding.check_batch_divisible(t.batch_size // t.grad_accum_steps, mesh, "train.batch_size per accumulation "
+                                   "step", rules)
+    sharding.check_batch_divisible(t.eval_batch_size, mesh, "train.eval_batch_size", rules)
+    init = functools.partial(create_train_state, model, optimizer, jax.random.key(config.seed))
+    state_shardings = sharding.tree_shardings(jax.eval_shape(init), mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    model = model.clone(activation_sharding=sharding.activation_sharding(mesh, rules))
+    replicated = sharding.replicated(mesh)
+    train_fn = jit_train_step(model, optimizer, schedule=schedule, accum_steps=t.grad_accum_steps,
+                              state_shardings=state_shardings, batch_sharding=batch_sharding,
+                              metrics_sharding=replicated)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                      in_shardings=(state_shardings.params, state_shardings.model_state, batch_sharding),
+                      out_shardings=replicated)
+    return Program(model, schedule, optimizer, mesh, init, state_shardings, batch_sharding, train_fn, eval_fn)
+
+
 class Trainer:
     """One run of one config in one workdir; `run()` trains to the end or to a stop signal."""
 
@@ -145,25 +199,13 @@ class Trainer:
         _check_workdir_config(workdir, config, self.model_config)
         self.train_rows, self.val_rows = load_data(config, tokenizer, self.model_config.max_len)
 
+        program = build_program(config)
+        self.model, self.schedule, self.optimizer = program.model, program.schedule, program.optimizer
+        self.mesh, self.state_shardings = program.mesh, program.state_shardings
+        self.batch_sharding = program.batch_sharding
+        self.step_fn, self.eval_fn = program.train_step, program.eval_step
+        self.state = jax.jit(program.init, out_shardings=self.state_shardings)()  # born sharded
         t = config.train
-        self.model, self.schedule, self.optimizer = build(config)
-        self.mesh = sharding.make_mesh(dict(config.mesh))
-        rules = dict(config.sharding_rules)
-        sharding.check_rules(rules)
-        sharding.check_batch_divisible(t.batch_size // t.grad_accum_steps, self.mesh, "train.batch_size per "
-                                       "accumulation step", rules)
-        sharding.check_batch_divisible(t.eval_batch_size, self.mesh, "train.eval_batch_size", rules)
-        init = functools.partial(create_train_state, self.model, self.optimizer, jax.random.key(config.seed))
-        self.state_shardings = sharding.tree_shardings(jax.eval_shape(init), self.mesh, rules)
-        self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
-        replicated = sharding.replicated(self.mesh)
-        self.state = jax.jit(init, out_shardings=self.state_shardings)()  # born sharded
-        self.step_fn = jit_train_step(self.model, self.optimizer, schedule=self.schedule,
-                                      accum_steps=t.grad_accum_steps, state_shardings=self.state_shardings,
-                                      batch_sharding=self.batch_sharding, metrics_sharding=replicated)
-        self.eval_fn = jax.jit(lambda p, s, x: eval_step(p, s, x, model=self.model),
-                               in_shardings=(self.state_shardings.params, self.state_shardings.model_state,
-                                             self.batch_sharding), out_shardings=replicated)
         self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
                                         fingerprint=t.checkpoint_fingerprints)
         self.log = RunLog(workdir, enabled=jax.process_index() == 0)

@@ -4,7 +4,7 @@
     aero-train --config=configs/gpt2_codeparrot.py:sm_ln_g,t=256 --workdir=...
 
 The variant is a preset's slug (`python -c "from aero_jax import presets; print([presets.slug(n) for n in
-presets.names()])"`), optionally followed by `,t=256`. Data: the released selection of codeparrot-ds
+presets.names()])"`), optionally followed by `,t=256` or `,t=512`. Data: the released selection of codeparrot-ds
 (`codeparrot_ds/released`, aero_jax/data/codeparrot.py), built once from the downloaded files in
 data.manual_dir, and the papers' tokenizer (huggingface-course/code-search-net-tokenizer) as a
 `tokenizer.json` at data.tokenizer_path; the model's vocabulary is read from that file when it is there
@@ -50,8 +50,8 @@ def tokenizer_vocab_size(path: str) -> int:
 def get_config(variant: str = "ereg_sm_t_scfuffn"):
     name, _, context = variant.partition(",")
     seq_len = int(context.removeprefix("t=")) if context else 128
-    if seq_len not in (128, 256):
-        raise ValueError(f"context {context!r} is invalid; accepted: t=128, t=256")
+    if seq_len not in (128, 256, 512):
+        raise ValueError(f"context {context!r} is invalid; accepted: t=128, t=256, t=512")
     c = base_config()
     c.model = model_section(presets.resolve(name), size="gpt2-small", max_len=seq_len,
                             vocab_size=tokenizer_vocab_size(TOKENIZER), ereg_weight=1e-5, ereg_rows=MICROBATCH,

@@ -1,0 +1,206 @@
+"""What fits on TPU slices: GPT-2-small presets compiled here by aero-compile (libtpu, no TPU needed).
+
+    .venv-tpu/bin/python benchmarks/tpu_fit.py --jobs 2            # compile what is missing, then the tables
+    .venv-tpu/bin/python benchmarks/tpu_fit.py --tables-only       # the tables from the saved results
+
+Every figure comes from `aero-compile --json` on configs/gpt2_codeparrot.py without gradient
+accumulation. Per cell: the papers' batch of 512 sequences on an fsdp mesh over every chip; the
+same at 8 sequences a chip, so that XLA's peak gives the memory of one more sequence; the
+largest per-chip batch this line allows (a multiple of 8), compiled to check it (halved until it
+fits). Results accumulate in a JSON file (a rerun compiles only what is missing); the tables are
+written into docs/scaling.md between its markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ARCHITECTURES = {"sm_ln_g": "SM+LN+G", "sm_ln_r": "SM+LN+R", "sm_scfuffn": "SM+ScFuFFN",
+                 "ereg_sm_t_scfuffn": "EReg(SM(t)+ScFuFFN)"}
+PENALTY_PAIR = ("sm_t_scfuffn", "ereg_sm_t_scfuffn")  # the same architecture without and with EReg
+CONTEXTS = (128, 256, 512)
+SLICES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1"}
+BATCH = 512
+PROBE = 8  # sequences a chip in the second compile
+REMAT_SLICE, REMAT_CONTEXT = "v5e-8", 512
+MESH_COMPARED = ("sm_ln_g", "ereg_sm_t_scfuffn")  # also compiled on a data-parallel mesh, at T=128
+GiB = 2 ** 30
+BEGIN, END = "<!-- tpu_fit tables: begin -->", "<!-- tpu_fit tables: end -->"
+
+
+def key(arch: str, seq_len: int, slice_name: str, batch: int, mesh: str = "fsdp", remat: str = "none") -> str:
+    return f"{arch},t={seq_len},{slice_name},batch={batch},{mesh},remat={remat}"
+
+
+def compile_one(spec: str) -> dict:
+    """aero-compile --json for one key; the train step's report, or the one line it failed with."""
+    arch, context, slice_name, batch, mesh, remat = spec.split(",")
+    mesh_flags = ["--config.mesh.data=1", "--config.mesh.fsdp=-1"] if mesh == "fsdp" else ["--config.mesh.data=-1"]
+    command = [os.path.join(os.path.dirname(sys.executable), "aero-compile"),
+               f"--config=configs/gpt2_codeparrot.py:{arch},{context}", f"--topology={SLICES[slice_name]}",
+               "--steps=train", "--json", f"--config.train.batch_size={batch.split('=')[1]}",
+               "--config.train.grad_accum_steps=1", f"--config.model.{remat}", *mesh_flags]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode not in (0, 1):
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"}
+    report = json.loads(result.stdout)
+    return {**report["steps"]["train"], "devices": report["devices"], "mesh": report["mesh"]}
+
+
+class Results:
+    """The JSON file of compiled keys; written after every compile, so an interrupted run loses nothing."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def run(self, keys, jobs: int) -> None:
+        missing = [k for k in dict.fromkeys(keys) if "error" in self.data.get(k, {"error": "not yet"})]
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for done, (k, result) in enumerate(zip(missing, pool.map(compile_one, missing)), 1):
+                self.data[k] = result
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+                os.replace(tmp, self.path)
+                shown = "error" if "error" in result else f"{result['total_bytes'] / GiB:.2f} GiB"
+                print(f"[{done}/{len(missing)}] {k}: {shown} ({result.get('compile_s', 0):.0f} s)", flush=True)
+
+
+def devices_of(slice_name: str) -> int:
+    return {"v4-8": 4, "v5e-8": 8, "v5p-8": 4}[slice_name]
+
+
+def line_estimate(results: Results, arch, seq_len, slice_name, remat="none") -> int | None:
+    """The largest per-chip batch (a multiple of 8) under the HBM, on the line through the two compiles."""
+    n = devices_of(slice_name)
+    full = results.data.get(key(arch, seq_len, slice_name, BATCH, remat=remat))
+    probe = results.data.get(key(arch, seq_len, slice_name, PROBE * n, remat=remat))
+    if not full or not probe or "error" in full or "error" in probe:
+        return None
+    per_row = (full["total_bytes"] - probe["total_bytes"]) / (BATCH / n - PROBE)
+    limit = full.get("compiler_limit_bytes") or full["hbm_bytes"]
+    return max(PROBE, int((limit - probe["total_bytes"]) / per_row + PROBE) // 8 * 8)
+
+
+def largest_fitting(results: Results, arch, seq_len, slice_name, remat="none") -> int | None:
+    """The estimate if its compile fits, else the largest halving of it that did (None: not compiled yet)."""
+    per_chip = line_estimate(results, arch, seq_len, slice_name, remat)
+    n = devices_of(slice_name)
+    while per_chip and per_chip >= PROBE:
+        found = results.data.get(key(arch, seq_len, slice_name, per_chip * n, remat=remat))
+        if found is None or "error" in found:
+            return None
+        if found["fits"]:
+            return per_chip
+        per_chip = per_chip // 2 // 8 * 8
+    return None
+
+
+def next_checks(results: Results, cells) -> list:
+    """The compiles the largest-batch search still needs: the estimate, or the halving of one that did not fit."""
+    keys = []
+    for arch, seq_len, slice_name, remat in cells:
+        per_chip, n = line_estimate(results, arch, seq_len, slice_name, remat), devices_of(slice_name)
+        while per_chip and per_chip >= PROBE:
+            k = key(arch, seq_len, slice_name, per_chip * n, remat=remat)
+            if k not in results.data:
+                keys.append(k)
+                break
+            if results.data[k].get("fits") or "error" in results.data[k]:
+                break
+            per_chip = per_chip // 2 // 8 * 8
+    return keys
+
+
+def _gib(r: dict | None) -> str:
+    if not r or "error" in r:
+        return "-"
+    return f"{r['total_bytes'] / GiB:.2f}" + ("" if r["fits"] else " (no)")
+
+
+def tables(results: Results, cells) -> str:
+    d = results.data
+    lines = [f"Per-chip memory (XLA's peak, GiB) of the train step at the papers' batch of {BATCH} sequences on "
+             f"an fsdp mesh over every chip, and the largest batch per chip that fits without accumulation "
+             f"(compiled). \"(no)\": XLA refused it; the figure is what it asked for.", "",
+             "| architecture | T | " + " | ".join(f"{s}: GiB at {BATCH} | {s}: largest/chip" for s in SLICES) + " |",
+             "|---|---|" + "---|---|" * len(SLICES)]
+    for arch, name in ARCHITECTURES.items():
+        for t in CONTEXTS:
+            row = []
+            for s in SLICES:
+                largest = largest_fitting(results, arch, t, s)
+                row += [_gib(d.get(key(arch, t, s, BATCH))), "-" if largest is None else str(largest)]
+            lines.append(f"| {name} | {t} | " + " | ".join(row) + " |")
+    lines += ["", f"Data-parallel against fsdp at T=128 ({BATCH} sequences; GiB per chip):", "",
+              "| architecture | " + " | ".join(f"{s}: data | {s}: fsdp" for s in SLICES) + " |",
+              "|---|" + "---|---|" * len(SLICES)]
+    for arch in MESH_COMPARED:
+        row = []
+        for s in SLICES:
+            row += [_gib(d.get(key(arch, 128, s, BATCH, mesh="data"))), _gib(d.get(key(arch, 128, s, BATCH)))]
+        lines.append(f"| {ARCHITECTURES[arch]} | " + " | ".join(row) + " |")
+    lines += ["", f"The entropy penalty's memory at T=512, {PROBE} sequences a chip (GiB per chip, temporaries and "
+              f"peak):", "", "| slice | SM(t)+ScFuFFN temps | EReg temps | EReg adds | SM(t)+ScFuFFN peak | EReg peak |",
+              "|---|---|---|---|---|---|"]
+    for s in SLICES:
+        plain, ereg = (d.get(key(a, 512, s, PROBE * devices_of(s))) for a in PENALTY_PAIR)
+        if plain and ereg and "error" not in plain and "error" not in ereg:
+            extra = ereg["temp_bytes"] / plain["temp_bytes"] - 1
+            lines.append(f"| {s} | {plain['temp_bytes'] / GiB:.2f} | {ereg['temp_bytes'] / GiB:.2f} | {extra:+.1%} | "
+                         f"{plain['total_bytes'] / GiB:.2f} | {ereg['total_bytes'] / GiB:.2f} |")
+    lines += ["", f"Rematerialisation (`model.remat`), EReg(SM(t)+ScFuFFN) at T={REMAT_CONTEXT} on {REMAT_SLICE}, "
+              f"{PROBE} sequences a chip:", "",
+              "| remat | temps GiB | peak GiB | XLA TFLOP per chip | FLOPs vs none | largest batch/chip |",
+              "|---|---|---|---|---|---|"]
+    n = devices_of(REMAT_SLICE)
+    base = d.get(key("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, PROBE * n))
+    for remat in ("none", "dots", "block"):
+        r = d.get(key("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, PROBE * n, remat=remat))
+        if r and base and "error" not in r and "error" not in base:
+            largest = largest_fitting(results, "ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, remat)
+            lines.append(f"| {remat} | {r['temp_bytes'] / GiB:.2f} | {r['total_bytes'] / GiB:.2f} | "
+                         f"{r['xla_flops'] / 1e12:.2f} | {r['xla_flops'] / base['xla_flops']:.3f}x | "
+                         f"{'-' if largest is None else largest} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "tpu_fit.json"))
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "scaling.md"))
+    parser.add_argument("--jobs", type=int, default=2, help="compiles at once (each takes one core)")
+    parser.add_argument("--tables-only", action="store_true")
+    args = parser.parse_args()
+    results = Results(pathlib.Path(args.results))
+    results.path.parent.mkdir(parents=True, exist_ok=True)
+    cells = [(a, t, s, "none") for a in ARCHITECTURES for t in CONTEXTS for s in SLICES]
+    remat_cells = [("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, r) for r in ("dots", "block")]
+    if not args.tables_only:
+        first = [key(a, t, s, b, remat=r) for a, t, s, r in cells + remat_cells for b in (BATCH, PROBE * devices_of(s))]
+        first += [key(a, 128, s, BATCH, mesh="data") for a in MESH_COMPARED for s in SLICES]
+        first += [key(PENALTY_PAIR[0], 512, s, PROBE * devices_of(s)) for s in SLICES]
+        results.run(first, args.jobs)
+        while True:
+            checks = next_checks(results, cells + remat_cells)
+            if not checks:
+                break
+            results.run(checks, args.jobs)
+    text = tables(results, cells)
+    print(text)
+    doc = pathlib.Path(args.doc)
+    body = doc.read_text()
+    if BEGIN in body:
+        head, _, rest = body.partition(BEGIN)
+        doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.partition(END)[2]}")
+
+
+if __name__ == "__main__":
+    main()
