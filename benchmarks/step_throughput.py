@@ -4,8 +4,11 @@
     python benchmarks/step_throughput.py --steps 2 --rounds 1 --tiny   # a smoke run
 
 Prints one JSON object per line: the preset, whether the penalty is on, the median tokens/s over
-interleaved rounds, step and compile time; then a summary line with the penalty's share of the
-step (median over rounds of 1 - t_off / t_on).
+interleaved rounds, step and compile time, and the step's fraction of the matmul roofline; then a
+summary line with the roofline and the penalty's share of the step (median over rounds of
+1 - t_off / t_on). The roofline is this machine's float32 matmul rate, measured in every round
+on the step's own matmul shapes (the best of them); a step's model FLOPs (aero_jax.flops) per
+second over it is the fraction of the machine the step uses.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import time
 import jax
 import numpy as np
 
-from aero_jax import optim, presets
+import jax.numpy as jnp
+
+from aero_jax import flops, optim, presets
 from aero_jax.model import AeroLM
 from aero_jax.train_step import create_train_state, jit_train_step
 
@@ -58,6 +63,29 @@ class StepTimer:
         return (time.perf_counter() - start) / steps
 
 
+class MatmulRoofline:
+    """Float32 GFLOP/s of this machine's matmul on the step's shapes: FFN in, FFN out, a kernel gradient."""
+
+    def __init__(self, rows: int, d_model: int, d_ff: int):
+        key = jax.random.key(2)
+        shapes = ((rows, d_model, d_ff), (rows, d_ff, d_model), (d_model, rows, d_ff))
+        self.operands = [(jax.random.normal(key, (m, k)), jax.random.normal(key, (k, n))) for m, k, n in shapes]
+        self.flops = [2 * m * k * n for m, k, n in shapes]
+        self.dot = jax.jit(jnp.dot)
+        for a, b in self.operands:
+            self.dot(a, b).block_until_ready()
+
+    def gflops(self, repeats: int = 20) -> float:
+        best = 0.0
+        for (a, b), work in zip(self.operands, self.flops):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                out = self.dot(a, b)
+            out.block_until_ready()
+            best = max(best, work * repeats / (time.perf_counter() - start) / 1e9)
+        return best
+
+
 def measure_config(config, batch: int, steps: int, warmup: int) -> dict:
     """Tokens/s of the jitted step for a ModelConfig, after `warmup` steps."""
     timer = StepTimer(config, batch, warmup)
@@ -74,18 +102,29 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="a tiny model, for smoke tests")
     args = parser.parse_args()
     size = TINY if args.tiny else SIZE
-    timers = [StepTimer(presets.model_config(name, **size, sow_entropy=penalty), BATCH, args.warmup)
-              for name, penalty in RUNS]
-    # Interleaved rounds: a shared machine's speed drifts, so each round times every run once.
-    seconds = np.array([[timer.time(args.steps) for timer in timers] for _ in range(args.rounds)])
-    for (name, penalty), timer, column in zip(RUNS, timers, seconds.T):
+    configs = [presets.model_config(name, **size, sow_entropy=penalty) for name, penalty in RUNS]
+    timers = [StepTimer(config, BATCH, args.warmup) for config in configs]
+    roofline = MatmulRoofline(BATCH * size["max_len"], size["d_model"], size["d_ff"])
+    # Interleaved rounds: a shared machine's speed drifts, so each round times every run and the roofline once.
+    seconds, roofs = [], []
+    for _ in range(args.rounds):
+        seconds.append([timer.time(args.steps) for timer in timers])
+        roofs.append(roofline.gflops())
+    seconds, roofs = np.array(seconds), np.array(roofs)
+    for (name, penalty), config, timer, column in zip(RUNS, configs, timers, seconds.T):
         median = float(np.median(column))
+        step_gflops = flops.train_flops_per_token(config) * timer.tokens_per_step / column / 1e9
         print(json.dumps({"preset": name, "penalty": penalty, "tokens_per_s": round(timer.tokens_per_step / median, 1),
                           "step_ms": round(median * 1e3, 2), "compile_s": round(timer.compile_s, 2),
+                          "model_gflop_per_step": round(flops.train_flops_per_token(config) * timer.tokens_per_step
+                                                        / 1e9, 3),
+                          "roofline_fraction": round(float(np.median(step_gflops / roofs)), 4),
                           "loss": timer.loss, "batch": BATCH, **size}), flush=True)
     shares = 1 - seconds[:, 0] / seconds[:, 1]
     print(json.dumps({"summary": "SM+LN+G penalty cost", "penalty_share_of_step": round(float(np.median(shares)), 4),
-                      "per_round": [round(float(x), 4) for x in shares], "rounds": args.rounds,
+                      "per_round": [round(float(x), 4) for x in shares],
+                      "matmul_roofline_gflops": round(float(np.median(roofs)), 1),
+                      "roofline_per_round": [round(float(x), 1) for x in roofs], "rounds": args.rounds,
                       "steps_per_round": args.steps, "backend": jax.default_backend(), "devices": jax.device_count(),
                       "cpu_count": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__}))
 

@@ -21,4 +21,4 @@ ARCHIVE=/tmp/aero-jax-$SHA.tar.gz
 run git -C "$REPO" archive --format=tar.gz --prefix=aero-jax/ -o "$ARCHIVE" "$SHA"
 tpu scp "$ARCHIVE" "$NAME:~/aero-jax.tar.gz" --zone "$ZONE" --worker=all
 tpu ssh "$NAME" --zone "$ZONE" --worker=all --command \
-  "rm -rf ~/aero-jax && tar xzf ~/aero-jax.tar.gz -C ~ && python3 -m venv ~/aero-venv && ~/aero-venv/bin/pip install -q -U pip && ~/aero-venv/bin/pip install -q 'jax[tpu]' -e ~/aero-jax'[gcs]' && echo $SHA > ~/aero-jax/COMMIT"
+  "rm -rf ~/aero-jax && tar xzf ~/aero-jax.tar.gz -C ~ && python3 -m venv ~/aero-venv && ~/aero-venv/bin/pip install -q -U pip && ~/aero-venv/bin/pip install -q -e ~/aero-jax'[tpu,gcs]' && echo $SHA > ~/aero-jax/COMMIT"

@@ -18,7 +18,8 @@ def test_step_throughput_smoke():
     assert [(r["preset"], r["penalty"]) for r in runs] == [
         ("SM+LN+G", False), ("EReg(SM+LN+G)", True), ("EReg(SM(t)+ScFuFFN)", True)]
     assert all(r["tokens_per_s"] > 0 for r in runs)
-    assert "penalty_share_of_step" in lines[-1]
+    assert all(0 < r["roofline_fraction"] for r in runs)
+    assert "penalty_share_of_step" in lines[-1] and lines[-1]["matmul_roofline_gflops"] > 0
 
 
 def test_decode_smoke():

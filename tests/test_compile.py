@@ -36,3 +36,9 @@ def test_unknown_topology_through_the_console_script():
 def test_without_libtpu_one_line_names_the_extra():
     result = run_script("aero-compile", "--config=configs/default.py", "--topology=v5e:2x2")
     assert_one_line(result, "aero-compile", 2, "needs libtpu", "pip install -e '.[tpu]'")
+
+
+def test_unknown_step_is_refused_in_one_line():
+    result = run_script("aero-compile", "--config=configs/default.py", "--topology=v5e:2x2", "--steps=train,decode")
+    assert_one_line(result, "aero-compile", 2, "--steps=train,decode is invalid; accepted: a comma-separated subset "
+                                               "of train, eval")

@@ -35,6 +35,7 @@ def _one_line_error(excinfo, *needles):
         (dict(entropy_reg=True, sow_entropy=False), ("sow_entropy", "entropy_reg")),
         (dict(ffn_scaling=True, ffn_alpha_init=0.0), ("ffn_alpha_init", "positive")),
         (dict(num_layers=0), ("num_layers", "positive integer")),
+        (dict(remat="full"), ("remat", "none, block, dots")),
     ],
 )
 def test_invalid_field_combinations_fail_at_config_time(fields, needles):

@@ -251,6 +251,7 @@ def test_failures_are_classified_by_kind():
     (["--config.optim.peak_lr=nan"], 2, "optim.peak_lr=nan is invalid; accepted: a finite number > 0"),
     (["--config.recovery.max_recoveries=-1"], 2, "recovery.max_recoveries=-1 is invalid"),
     (["--config.train.num_steps=abc"], 2, "--config.train.num_steps=abc"),
+    (["--config.model.remat=all"], 2, "remat='all' is invalid; accepted: none, block, dots"),
 ])
 def test_bad_overrides_fail_in_one_line(tmp_path, args, status, expected):
     assert_one_line(run_script("aero-train", SMOKE, f"--workdir={tmp_path / 'run'}", *args), "aero-train", status,
