@@ -32,7 +32,7 @@ def test_setup_installs_the_launching_commit_on_every_worker():
     archive, copy, install = result.stdout.splitlines()
     assert archive.startswith("git -C") and archive.endswith(sha)
     assert "tpu-vm scp" in copy and "--worker=all" in copy
-    assert "--worker=all" in install and "jax\\[tpu\\]" in install and sha in install
+    assert "--worker=all" in install and "aero-jax\\'\\[tpu\\,gcs\\]" in install and sha in install  # the tpu extra
 
 
 def test_run_starts_the_same_command_on_all_workers():
