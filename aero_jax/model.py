@@ -101,6 +101,16 @@ class Positions:
         return cls(default_positions(seq_len), default_positions(seq_len))
 
 
+def tempered_scores(q_BxTxHxK: jnp.ndarray, k_BxSxHxK: jnp.ndarray, t_BxTxH: Optional[jnp.ndarray] = None
+                    ) -> jnp.ndarray:
+    """q k / sqrt(K), divided by each query's temperature when there is one: [B, H, T, S] in float32."""
+    scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                                preferred_element_type=jnp.float32) / math.sqrt(q_BxTxHxK.shape[-1])
+    if t_BxTxH is None:
+        return scores_BxHxTxS
+    return scores_BxHxTxS / jnp.moveaxis(t_BxTxH, -1, 1)[..., None]
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention with optional learnable temperature per head and position."""
 
@@ -122,13 +132,15 @@ class CausalSelfAttention(nn.Module):
         if positions.decoding:
             k_BxSxHxK, v_BxSxHxK = self._cached(k_BxSxHxK, v_BxSxHxK, positions.slot)
 
-        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
-                                    preferred_element_type=jnp.float32) / math.sqrt(K)
         if c.learnable_temperature:  # one positive t per head and (absolute) query position
             init = c.temperature_init if c.temperature_param == "raw" else math.log(c.temperature_init)
             p_HxL = self.param(temperature_name(c), nn.initializers.constant(init), (H, c.max_len), jnp.float32)
             t_BxTxH = rows_at(temperature_from(p_HxL, c).T, positions.queries_BxT)
-            scores_BxHxTxS = scores_BxHxTxS / jnp.moveaxis(t_BxTxH, -1, 1)[..., None]
+            # Recomputed in the backward pass: the temperature's gradient needs the scores before the division,
+            # which would otherwise be kept as one more [B, H, T, S] float32 array (docs/scaling.md).
+            scores_BxHxTxS = jax.checkpoint(tempered_scores)(q_BxTxHxK, k_BxSxHxK, t_BxTxH)
+        else:
+            scores_BxHxTxS = tempered_scores(q_BxTxHxK, k_BxSxHxK)
         mask_BxTxS = visible(positions.queries_BxT, positions.keys_BxS)
         scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)  # masked entries are exact zeros
