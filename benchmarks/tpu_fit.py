@@ -30,6 +30,7 @@ SLICES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1"}
 BATCH = 512
 PROBE = 8  # sequences a chip in the second compile
 REMAT_SLICE, REMAT_CONTEXT = "v5e-8", 512
+REMATS = ("none", "dots", "block")
 MESH_COMPARED = ("sm_ln_g",)  # also compiled on a data-parallel mesh, at T=128
 GiB = 2 ** 30
 COMPILER_LIMIT = {"v5e-8": int(15.75 * GiB)}  # the HBM XLA said it can use when it refused a v5e batch
@@ -98,18 +99,19 @@ def line_estimate(results: Results, arch, seq_len, slice_name, remat="none") -> 
     return max(PROBE, int((limit - base_bytes) / per_row + base_rows) // 8 * 8)
 
 
-def largest_fitting(results: Results, arch, seq_len, slice_name, remat="none") -> int | None:
-    """The estimate if its compile fits, else the largest halving of it that did (None: not compiled yet)."""
+def largest_fitting(results: Results, arch, seq_len, slice_name, remat="none") -> tuple[int | None, int | None]:
+    """(the largest compiled per-chip batch that fits, the smallest compiled one that did not) on the halving path."""
     per_chip = line_estimate(results, arch, seq_len, slice_name, remat)
-    n = devices_of(slice_name)
+    n, refused = devices_of(slice_name), None
     while per_chip and per_chip >= PROBE:
         found = results.data.get(key(arch, seq_len, slice_name, per_chip * n, remat=remat))
         if found is None or "error" in found:
-            return None
+            return None, refused
         if found["fits"]:
-            return per_chip
+            return per_chip, refused
+        refused = per_chip
         per_chip = per_chip // 2 // 8 * 8
-    return None
+    return None, refused
 
 
 def next_checks(results: Results, cells) -> list:
@@ -129,10 +131,10 @@ def next_checks(results: Results, cells) -> list:
 
 
 def _largest(results: Results, arch, seq_len, slice_name, remat="none") -> str:
-    """The compiled largest batch, else the line's estimate (~), else '-'."""
-    checked = largest_fitting(results, arch, seq_len, slice_name, remat)
+    """The compiled largest batch (and the refused one above it), else the line's estimate (~), else '-'."""
+    checked, refused = largest_fitting(results, arch, seq_len, slice_name, remat)
     if checked is not None:
-        return str(checked)
+        return str(checked) if refused is None else f"{checked} ({refused}: no)"
     estimate = line_estimate(results, arch, seq_len, slice_name, remat)
     return "-" if estimate is None else f"~{estimate}"
 
@@ -147,7 +149,8 @@ def tables(results: Results, cells) -> str:
     d = results.data
     lines = [f"Per-chip memory (XLA's peak, GiB) of the train step at the papers' batch of {BATCH} sequences on "
              f"an fsdp mesh over every chip, and the largest batch per chip that fits without accumulation "
-             f"(a number: compiled and fits; ~N: estimated on a line of XLA's peak in the batch, not "
+             f"(a number: the estimate on a line of XLA's peak in the batch, compiled and fits, so at least that "
+             f"many fit; \"40 (80: no)\": the estimate of 80 was refused and its half fits; ~N: estimated, not "
              f"compiled). \"(no)\": XLA refused the batch; the figure is what it asked for.", "",
              "| architecture | T | " + " | ".join(f"{s}: GiB at {BATCH} | {s}: largest/chip" for s in SLICES) + " |",
              "|---|---|" + "---|---|" * len(SLICES)]
@@ -176,18 +179,21 @@ def tables(results: Results, cells) -> str:
                          f"{plain['total_bytes'] / GiB:.2f} | {ereg['total_bytes'] / GiB:.2f} | "
                          f"{ereg['total_bytes'] / plain['total_bytes'] - 1:+.1%} |")
     lines += ["", f"Rematerialisation (`model.remat`), EReg(SM(t)+ScFuFFN) at T={REMAT_CONTEXT} on {REMAT_SLICE}, "
-              f"{PROBE} sequences a chip:", "",
+              f"{PROBE} sequences a chip; memory on the fsdp mesh, XLA's FLOPs on the data mesh (fsdp's gathering "
+              f"loops hide FLOPs from its count):", "",
               "| remat | temps GiB | peak GiB | XLA TFLOP per chip | FLOPs vs none | largest batch/chip |",
               "|---|---|---|---|---|---|"]
     n = devices_of(REMAT_SLICE)
-    base = d.get(key("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, PROBE * n))
-    for remat in ("none", "dots", "block"):
+    flops_of = {r: d.get(key("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, PROBE * n, mesh="data", remat=r))
+                for r in REMATS}
+    for remat in REMATS:
         r = d.get(key("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, PROBE * n, remat=remat))
-        if r and base and "error" not in r and "error" not in base:
-            largest = _largest(results, "ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, remat)
-            lines.append(f"| {remat} | {r['temp_bytes'] / GiB:.2f} | {r['total_bytes'] / GiB:.2f} | "
-                         f"{r['xla_flops'] / 1e12:.2f} | {r['xla_flops'] / base['xla_flops']:.3f}x | "
-                         f"{largest} |")
+        f, base = flops_of[remat], flops_of["none"]
+        if not r or "error" in r or not f or not base or "error" in f or "error" in base:
+            continue
+        largest = _largest(results, "ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, remat)
+        lines.append(f"| {remat} | {r['temp_bytes'] / GiB:.2f} | {r['total_bytes'] / GiB:.2f} | "
+                     f"{f['xla_flops'] / 1e12:.2f} | {f['xla_flops'] / base['xla_flops']:.3f}x | {largest} |")
     return "\n".join(lines)
 
 
@@ -203,13 +209,15 @@ def main():
     results = Results(pathlib.Path(args.results))
     results.path.parent.mkdir(parents=True, exist_ok=True)
     cells = [(a, t, s, "none") for a in ARCHITECTURES for t in CONTEXTS for s in SLICES]
-    remat_cells = [("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, r) for r in ("dots", "block")]
+    remat_cells = [("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, r) for r in REMATS[1:]]
     if not args.tables_only:
         # Most telling first: the papers' batch everywhere, then the penalty and remat figures.
         first = [key(a, t, s, BATCH, remat=r) for a, t, s, r in cells + remat_cells]
         first += [key(a, 512, s, b) for a in PENALTY_PAIR for s in SLICES for b in (PROBE * devices_of(s), BATCH)]
         first += [key(a, t, s, PROBE * devices_of(s), remat=r) for a, t, s, r in remat_cells]
         first += [key(a, 128, REMAT_SLICE, BATCH, mesh="data") for a in MESH_COMPARED]
+        first += [key("ereg_sm_t_scfuffn", REMAT_CONTEXT, REMAT_SLICE, PROBE * devices_of(REMAT_SLICE), mesh="data",
+                      remat=r) for r in REMATS]
         results.run(first, args.jobs)
         if args.check:
             while True:
