@@ -1,4 +1,4 @@
-"""Console entry points: aero-train, aero-eval, aero-prepare-data, aero-compile (absl flags, ml_collections config files).
+"""Console entry points: aero-train, aero-eval, aero-prepare-data, aero-compile (absl flags, config files).
 
     aero-train --config=configs/default.py --workdir=workdirs/default [--config.train.num_steps=200]
     aero-eval --workdir=workdirs/default

@@ -12,7 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_step_throughput_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--tiny",
-                          "--steps", "2", "--rounds", "2", "--warmup", "1"], capture_output=True, text=True, check=True).stdout
+                          "--steps", "2", "--rounds", "2", "--warmup", "1"],
+                         capture_output=True, text=True, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines()]
     runs = [line for line in lines if "preset" in line]
     assert [(r["preset"], r["penalty"]) for r in runs] == [
