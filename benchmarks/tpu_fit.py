@@ -21,12 +21,14 @@ import pathlib
 import subprocess
 import sys
 
+from aero_jax import aot
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARCHITECTURES = {"sm_ln_g": "SM+LN+G", "sm_ln_r": "SM+LN+R", "sm_scfuffn": "SM+ScFuFFN",
                  "ereg_sm_t_scfuffn": "EReg(SM(t)+ScFuFFN)"}
 PENALTY_PAIR = ("sm_t_scfuffn", "ereg_sm_t_scfuffn")  # the same architecture without and with EReg
 CONTEXTS = (128, 256, 512)
-SLICES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1"}
+SLICES = ("v4-8", "v5e-8", "v5p-8")  # aero-compile's slice names
 BATCH = 512
 PROBE = 8  # sequences a chip in the second compile
 REMAT_SLICE, REMAT_CONTEXT = "v5e-8", 512
@@ -46,7 +48,7 @@ def compile_one(spec: str) -> dict:
     arch, context, slice_name, batch, mesh, remat = spec.split(",")
     mesh_flags = ["--config.mesh.data=1", "--config.mesh.fsdp=-1"] if mesh == "fsdp" else ["--config.mesh.data=-1"]
     command = [os.path.join(os.path.dirname(sys.executable), "aero-compile"),
-               f"--config=configs/gpt2_codeparrot.py:{arch},{context}", f"--topology={SLICES[slice_name]}",
+               f"--config=configs/gpt2_codeparrot.py:{arch},{context}", f"--topology={slice_name}",
                "--steps=train", "--json", f"--config.train.batch_size={batch.split('=')[1]}",
                "--config.train.grad_accum_steps=1", f"--config.model.{remat}", *mesh_flags]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -76,7 +78,7 @@ class Results:
 
 
 def devices_of(slice_name: str) -> int:
-    return {"v4-8": 4, "v5e-8": 8, "v5p-8": 4}[slice_name]
+    return aot.parse_topology(slice_name).chips  # one device a chip, as aero-compile compiles them
 
 
 def line_estimate(results: Results, arch, seq_len, slice_name, remat="none") -> int | None:
