@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import assert_one_line, run_script
 
-from aero_jax.data import ByteTokenizer, load_split, shards
+from aero_jax.data import ByteTokenizer, load_split, pipeline, shards
 from aero_jax.data.codeparrot import released_selection
 from aero_jax.data.pipeline import open_split
 
@@ -64,6 +64,18 @@ def test_codeparrot_rows_are_packed_through_the_cache(tmp_path):
                       manual_dir=str(manual))
     assert rows.dtype == np.uint16 and rows.shape[1] == 8
     assert rows.size == (sum(len(t) + 1 for t in VALID) // 8) * 8  # every validation document: 5 < 2,000
+
+
+def test_a_dataset_built_in_this_process_is_tokenized_once(tmp_path, monkeypatch):
+    tokenized, original = [], pipeline.documents
+    monkeypatch.setattr(pipeline, "documents", lambda *a, **k: tokenized.append(1) or original(*a, **k))
+    common = dict(dataset="codeparrot_ds/released", split="validation", tokenizer=ByteTokenizer(), seq_len=8,
+                  packing="concat", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"),
+                  manual_dir=str(manual_folder(tmp_path / "manual", ".jsonl")))
+    built = load_split(**common)  # builds the dataset, then tokenizes it
+    read = load_split(**common)  # the dataset as a later process opens it
+    assert tokenized == [1] and read.filename == built.filename
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
 
 
 def test_bad_manual_folders_are_refused_in_one_line(tmp_path, corpus):

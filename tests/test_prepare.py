@@ -2,10 +2,13 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
-from conftest import assert_one_line, run_script
+import pytest
+from conftest import BUCKET, assert_one_line, run_script
+from test_data_codeparrot import manual_folder
 
 from aero_jax.data import BPETokenizer
 
@@ -82,3 +85,41 @@ def test_a_full_disk_while_preparing_names_the_file_and_leaves_nothing_trusted(c
     expected = f"aero-prepare-data: no space left on device while writing {cache_dir}/python_stdlib_train"
     assert last.startswith(expected), last
     assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")] == []
+
+
+IN_A_BUCKET = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import mock_bucket
+from aero_jax import cli
+sys.argv[0] = {prog!r}
+with mock_bucket({root!r}):
+    getattr(cli, {entry!r})()
+"""
+
+
+def _in_a_bucket(prog, entry, root, *args, home):
+    """A console command whose gs://test-bucket is the local folder `root`, on a host whose home is `home`."""
+    code = IN_A_BUCKET.format(tests=str(pathlib.Path(__file__).parent), prog=prog, root=str(root), entry=entry)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HOME": str(home)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_training_after_prepare_data_tokenizes_nothing(tmp_path, where):
+    manual = manual_folder(tmp_path / "manual", ".jsonl")
+    cache_dir = f"{BUCKET}/cache" if where == "bucket" else tmp_path / "cache"
+    config = [SMOKE, "--config.data.dataset=codeparrot_ds/released", f"--config.data.manual_dir={manual}",
+              f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.cache_dir={cache_dir}",
+              "--config.data.packing=concat", "--config.model.max_len=8"]
+    train = [*config, f"--workdir={tmp_path / 'run'}", "--config.train.num_steps=1"]
+    if where == "bucket":
+        prepared = _in_a_bucket("aero-prepare-data", "prepare_data", tmp_path / "bucket", *config, home=tmp_path / "h0")
+        trained = _in_a_bucket("aero-train", "train", tmp_path / "bucket", *train, home=tmp_path / "h1")
+    else:
+        prepared, trained = run_script("aero-prepare-data", *config), run_script("aero-train", *train)
+    assert prepared.returncode == 0 and "tokenizing" in prepared.stderr, prepared.stderr[-2000:]
+    assert trained.returncode == 0 and "tokenizing" not in trained.stderr, trained.stderr[-2000:]
+    arrays = sorted(path.name for path in tmp_path.rglob("codeparrot_ds_*.npy"))
+    assert len(set(arrays)) == 2, arrays  # one key per split (a bucket's entries have a copy on each host)

@@ -278,13 +278,33 @@ def write_atomically(path: str, write: Callable):
     return written
 
 
+_TEMPORARY = re.compile(r"\.(?P<stem>[A-Za-z0-9_-]+)\.(npy|json)\..+\.tmp")
+
+
 def _remove_stale_temporaries(stem: str) -> None:
-    """Delete temporary files a crashed build of this key left (safe: we hold its lock)."""
+    """Delete the temporary files crashed builds left: of this key (we hold its lock), and of any other key
+    in the folder that no process is building (its lock is free), e.g. one a changed key made obsolete."""
     folder, base = os.path.split(stem)
     for entry in os.listdir(folder):
-        if entry.startswith(f".{base}.") and entry.endswith(".tmp"):
+        match = _TEMPORARY.fullmatch(entry)
+        if match and (match["stem"] == base or _lock_is_free(os.path.join(folder, match["stem"] + ".lock"))):
             log.warning("removing %s left by an interrupted cache build", entry)
             _remove_if_present(os.path.join(folder, entry))
+
+
+def _lock_is_free(lock_path: str) -> bool:
+    """True when no process holds the flock on `lock_path` (taken and released at once to find out)."""
+    try:
+        f = open(lock_path, "rb")
+    except FileNotFoundError:
+        return True
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return True
 
 
 def _umask() -> int:

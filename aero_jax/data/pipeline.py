@@ -54,10 +54,10 @@ def load_split(
     check_packing(seq_len, packing)
     source, info = _open_split_and_info(dataset, split, data_dir, source_dir or None, manual_dir or None)
     _check_carried_vocabulary(info, tokenizer, dataset)
-    key = {
+    key = {  # only what determines the rows, read alike by the process that built the dataset and by later ones
         "dataset": dataset,
         "dataset_version": str(info.version),
-        "dataset_metadata": dict(info.metadata.items()) if isinstance(info.metadata, dict) else None,
+        "dataset_metadata": dataset_metadata(info),
         "split": split,
         "num_documents": len(source),
         "tokenizer": tokenizer.fingerprint,
@@ -76,6 +76,12 @@ def load_split(
 
     name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{dataset}_{split}_T{seq_len}_{packing}")
     return cached_array(cache_dir, key, build, name=name, publish=publish)
+
+
+def dataset_metadata(info: tfds.core.DatasetInfo) -> dict:
+    """The dataset's recorded metadata (e.g. python_stdlib's source folder); none is {}, as TFDS reads it back
+    in a later process (the building process sees None)."""
+    return dict(info.metadata.items()) if isinstance(info.metadata, dict) else {}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -267,7 +273,7 @@ def _text_of(record) -> str:
 
 def _check_carried_vocabulary(info: tfds.core.DatasetInfo, tokenizer: Tokenizer, dataset: str) -> None:
     """A pre-tokenized dataset names its vocabulary; the tokenizer must be that one."""
-    metadata = info.metadata if isinstance(info.metadata, dict) else {}
+    metadata = dataset_metadata(info)
     if "vocab_size" not in metadata:
         return
     carried = (int(metadata["vocab_size"]), int(metadata["end_of_document"]))
