@@ -1,8 +1,9 @@
-"""Tokenizers: byte round trips, a tiny trained BPE file, and the config errors."""
+"""Tokenizers: byte round trips, a tiny trained BPE file, the config errors, and `aero-tokenizer train`."""
 
 import numpy as np
 import pytest
 import tokenizers
+from conftest import assert_one_line, run_script
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from aero_jax.config import ConfigError
@@ -96,3 +97,35 @@ def test_check_vocab_names_the_fix():
     assert str(error.value) == (
         "model vocab_size=50257 does not match the byte tokenizer's 257; set model.vocab_size=257"
     )
+
+
+def source_flags(corpus):
+    """The shared corpus as aero-tokenizer flags."""
+    return [f"--source-dir={corpus['source_dir']}", f"--data-dir={corpus['data_dir']}"]
+
+
+def test_tokenizer_train_reports_a_vocabulary_smaller_than_asked_in_its_one_line(corpus, tmp_path):
+    out = tmp_path / "tokenizer.json"
+    trained = run_script("aero-tokenizer", "train", "--vocab-size", "100000", "--out", out, *source_flags(corpus))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    reached = BPETokenizer(str(out)).vocab_size
+    assert reached < 100000
+    lines = trained.stdout.splitlines()  # TFDS prints two lines of its own when it prepares the dataset
+    assert "" not in lines and lines[-1] == (
+        f"wrote {out}: byte-level BPE, {reached} tokens (not the 100000 asked: the data has no more pairs to merge), "
+        f"end-of-text id 0")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--vocab-size", "abc", "--out", "x.json"], ["--vocab-size: invalid int value: 'abc'"]),
+        (["--vocab-size", "300"], ["required: --out"]),
+        (["--vocab-size", "300", "--out", ".", "--overwrite"], ["--out . names a directory", "accepted: a file path"]),
+        (["--vocab-size", "300", "--out", "new/"], ["--out new/ names a directory", "e.g. new/tokenizer.json"]),
+    ],
+)
+def test_tokenizer_train_bad_arguments_end_in_one_line(corpus, tmp_path, flags, expected):
+    result = run_script("aero-tokenizer", "train", *flags, *source_flags(corpus), cwd=tmp_path)
+    assert_one_line(result, "aero-tokenizer", 2, *expected)
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary file left

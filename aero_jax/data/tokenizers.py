@@ -182,8 +182,8 @@ def train_bpe(text_batches, *, vocab_size: int, num_documents: int) -> tokenizer
     tokenizer = tokenizers.Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TOKEN], show_progress=True,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # its bars print blank lines
     tokenizer.train_from_iterator(text_batches, trainer=trainer, length=num_documents)
     return tokenizer
 
@@ -196,6 +196,9 @@ def _train_command(args) -> None:
     if args.vocab_size < minimum:
         raise ConfigError(f"--vocab-size {args.vocab_size} is invalid; accepted: at least {minimum} (256 bytes and "
                           f"{EOT_TOKEN})")
+    if os.path.isdir(args.out) or args.out.endswith(os.sep):
+        raise ConfigError(f"--out {args.out} names a directory; accepted: a file path, e.g. "
+                          f"{os.path.join(args.out, 'tokenizer.json')}")
     if os.path.exists(args.out) and not args.overwrite:
         raise ConfigError(f"--out {args.out} already exists; accepted: a new path, or --overwrite to replace it")
     source = open_split(args.dataset, args.split, data_dir=os.path.expanduser(args.data_dir),
@@ -205,24 +208,26 @@ def _train_command(args) -> None:
                           vocab_size=args.vocab_size, num_documents=len(source))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_atomically(args.out, lambda f: f.write(tokenizer.to_str().encode()))
-    print(f"wrote {args.out}: byte-level BPE, {tokenizer.get_vocab_size()} tokens, end-of-text id "
+    reached, asked = tokenizer.get_vocab_size(), args.vocab_size
+    short = f" (not the {asked} asked: the data has no more pairs to merge)" if reached < asked else ""
+    print(f"wrote {args.out}: byte-level BPE, {reached} tokens{short}, end-of-text id "
           f"{tokenizer.token_to_id(EOT_TOKEN)}")
 
 
 def main(argv=None):
     from aero_jax.errors import argparse_main
 
+    # One parser, not subparsers: argparse_main makes its errors one line, while a subparser prints its own usage.
     parser = argparse.ArgumentParser(prog="aero-tokenizer", description="Train a byte-level BPE tokenizer.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a byte-level BPE on a dataset split")
-    train.add_argument("--dataset", default="python_stdlib", help="python_stdlib or a dataset prepared in --data-dir")
-    train.add_argument("--split", default="train")
-    train.add_argument("--vocab-size", type=int, required=True, help="tokens, <|endoftext|> included")
-    train.add_argument("--out", required=True, help="the tokenizer.json to write")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    train.add_argument("--data-dir", default="~/.cache/aero_jax/tensorflow_datasets")
-    train.add_argument("--source-dir", default="", help="python_stdlib only: another folder of .py files")
-    train.add_argument("--manual-dir", default="", help="codeparrot_ds: the downloaded files, built into --data-dir "
+    parser.add_argument("command", choices=["train"], help="train a byte-level BPE on a dataset split")
+    parser.add_argument("--dataset", default="python_stdlib", help="python_stdlib or a dataset prepared in --data-dir")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--vocab-size", type=int, required=True, help="tokens, <|endoftext|> included")
+    parser.add_argument("--out", required=True, help="the tokenizer.json to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--data-dir", default="~/.cache/aero_jax/tensorflow_datasets")
+    parser.add_argument("--source-dir", default="", help="python_stdlib only: another folder of .py files")
+    parser.add_argument("--manual-dir", default="", help="codeparrot_ds: the downloaded files, built into --data-dir "
                        "the first time")
     argparse_main("aero-tokenizer", parser, _train_command, argv)
 
