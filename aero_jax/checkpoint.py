@@ -4,15 +4,20 @@ Each save records a fingerprint of every leaf of the state (computed on the devi
 `fingerprints`; `fingerprint=False` skips it) in the checkpoint's JSON metadata; a restore
 recomputes it and refuses a checkpoint whose bytes changed, or whose parameters are not finite. A trainer moves a bad
 checkpoint aside (`<step>.unreadable`) and uses the previous one; a reader (read_only=True)
-never changes the directory: it skips the bad checkpoint with a warning.
+never changes the directory: it skips the bad checkpoint with a warning. Listing and reading
+tolerate a training run that deletes old checkpoints meanwhile (see evaluate.restore_step).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import os
 import re
-from typing import Any, Dict, Optional, Tuple
+import sys
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,8 @@ from aero_jax.errors import RunFailed, no_space
 from aero_jax.run_log import console
 
 CHECKSUMS = "checksums"
+DELETION_WAIT_S = 2.0  # how long a failed read waits to tell a checkpoint being deleted from a damaged one
+READ_ATTEMPTS = 5  # how many checkpoints a reader lets a training run delete under it before it gives up
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -40,11 +47,30 @@ class Checkpointer:
         self.read_only, self.fingerprint = read_only, fingerprint
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                                cleanup_tmp_directories=not read_only)
-        self._manager = ocp.CheckpointManager(directory, options=options)
+        self._manager = _while_steps_vanish(lambda: ocp.CheckpointManager(directory, options=options))
         self._in_flight: Optional[int] = None
+        _drop_complaints_of_abandoned_reads()  # before any read: they may come while a failure is still raised
 
-    def steps(self):
+    def steps(self, *, reload: bool = False):
+        """The saved steps, oldest first; `reload` lists the folder again (another process may have changed it)."""
+        if reload:
+            _while_steps_vanish(self._manager.reload)
         return sorted(self._manager.all_steps())
+
+    def deleted_while_read(self, step: int, *, newest_asked: bool) -> bool:
+        """After a failed restore: was `step` being deleted by a training run (which keeps only the newest few)?
+
+        A newer step saved meanwhile is enough when the newest was asked for; otherwise the step's folder must
+        disappear within DELETION_WAIT_S, as a deletion in progress ends (a damaged checkpoint stays).
+        """
+        deadline = time.monotonic() + DELETION_WAIT_S
+        while True:
+            steps = self.steps(reload=True)
+            if step not in steps or (newest_asked and steps[-1] > step):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Start an asynchronous save of `state` with `meta` and the state's fingerprints."""
@@ -69,20 +95,29 @@ class Checkpointer:
         """The newest checkpoint that restores and verifies; a bad one is reported and skipped.
 
         A trainer moves it to `<step>.unreadable`, keeping its files for inspection and letting
-        the resumed run save that step again; a read-only Checkpointer leaves it where it is.
+        the resumed run save that step again; a read-only Checkpointer leaves it where it is, and when
+        a training run deletes the checkpoint it reads, it lists the steps again and reads the newest.
         """
-        for step in reversed(self.steps()):
+        tried, deletions = set(), 0
+        while True:
+            left = [step for step in self.steps(reload=self.read_only) if step not in tried]
+            if not left:
+                return None
+            step = left[-1]
+            tried.add(step)
             try:
                 state, meta = self.restore(step, like)
             except Exception as error:  # orbax raises many types for unreadable files
-                what = f"checkpoint at step {step} is unreadable ({type(error).__name__}: {_reason(error)})"
+                if self.read_only and deletions < READ_ATTEMPTS and self.deleted_while_read(step, newest_asked=True):
+                    deletions += 1
+                    continue
+                what = f"checkpoint at step {step} is unreadable ({type(error).__name__}: {short_reason(error)})"
                 if self.read_only:
                     console(f"{what}; skipped it, trying the previous one")
                 else:
                     console(f"{what}; moved to {self._move_aside(step)}; trying the previous one")
                 continue
             return step, state, meta
-        return None
 
     def _move_aside(self, step: int) -> epath.Path:
         target = self.directory / f"{step}.unreadable"
@@ -115,7 +150,57 @@ class Checkpointer:
             raise RunFailed(f"no space left on device while saving {what} to {self.directory}") from error
 
 
-def _reason(error: BaseException) -> str:
+class _AbandonedReadLogs(logging.Filter):
+    """asyncio's 'Task (or Future) exception was never retrieved' for an orbax read, dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message and any(
+            word in message for word in ("orbax", "OCDBT", "TensorStore")))
+
+
+def _abandoned_read(error: BaseException, source: Any = None) -> bool:
+    """True for the complaint of an orbax read that outlived its failed restore: its event loop is closed, or it
+    is one of orbax's read coroutines, collected with its own failure."""
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    orbax_read = inspect.iscoroutine(source) and "orbax" in source.cr_code.co_filename
+    return closed_loop or orbax_read
+
+
+def _drop_complaints_of_abandoned_reads() -> None:
+    """When a restore fails (a damaged checkpoint, or one a training run deletes while it is read), orbax's reads of
+    the other arrays go on and, finishing later, each print a traceback: dozens of lines after the one that reports
+    the failure. These complaints alone are dropped, from any thread, for the rest of the process."""
+    if getattr(sys.excepthook, "drops_abandoned_reads", False):
+        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def on_exception(kind, error, trace):  # what a library's thread prints with PyErr_Print
+        if not _abandoned_read(error):
+            excepthook(kind, error, trace)
+
+    def on_unraisable(unraisable):
+        if not _abandoned_read(unraisable.exc_value, unraisable.object):
+            unraisablehook(unraisable)
+
+    on_exception.drops_abandoned_reads = True
+    sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+    logging.getLogger("asyncio").addFilter(_AbandonedReadLogs())
+
+
+def _while_steps_vanish(list_steps: Callable[[], Any], attempts: int = 10) -> Any:
+    """list_steps(), tried again when it fails because a step folder vanished while orbax read its metadata (a
+    training run deleting an old checkpoint)."""
+    for attempt in range(attempts):
+        try:
+            return list_steps()
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
+def short_reason(error: BaseException) -> str:
     """The first line of an error's message, cut before any object repr (they say nothing to a user)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     line = re.split(r"\s*(?:details: )?<(?:bound method |function |\S+ object at 0x)", lines[0])[0] if lines else ""

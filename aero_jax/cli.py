@@ -11,6 +11,7 @@ failed); the traceback goes to the workdir's logs/ folder, or to the console wit
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging as std_logging
@@ -120,6 +121,8 @@ def load_config_file(spec: str, *, function: str = "get_config"):
     """`get_config(variant)` (or `function`) of a file named as --config names it ('path.py[:variant]')."""
     path, *variant = spec.split(":", 1)
     module_spec = importlib.util.spec_from_file_location("aero_jax_config_file", path)
+    if module_spec is None:  # a folder, or a file without the .py suffix
+        raise OSError(errno.EINVAL, "not a Python file", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return getattr(module, function)(*variant)
@@ -191,7 +194,9 @@ def _train_main(argv):
         _report(train(config, workdir))
 
     run_command("aero-train", body, verbose=FLAGS.verbose, log_path=lambda: log.get("path"),
-                context=lambda error: _checkpoint_context(error, workdir))
+                context=lambda error: _checkpoint_context(error, workdir),
+                interrupted=lambda: "rerun the same command to resume" if "://" in workdir else
+                last_checkpoint_note(workdir).removeprefix("; "))
 
 
 def _checkpoint_context(error: BaseException, workdir: str) -> str:
@@ -245,7 +250,9 @@ def _prepare_main(argv):
                               "tokens": int(rows.size), "bytes": int(rows.nbytes), "cache_dir": config.data.cache_dir,
                               "file": rows.filename}), flush=True)
 
-    run_command("aero-prepare-data", body, verbose=FLAGS.verbose)
+    run_command("aero-prepare-data", body, verbose=FLAGS.verbose,
+                interrupted=lambda: "finished cache files are kept, an unfinished one is discarded; rerun the same "
+                                    "command to finish")
 
 
 def prepare_data():

@@ -119,6 +119,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seed 2**32 would silently repeat seed 0
+
 # Fields that change the loss or the numerics but not the parameters: a run may resume with
 # other values of these; any other difference is another architecture.
 NON_ARCHITECTURE_FIELDS = ("ereg_weight", "ereg_gamma", "ereg_reduction", "ereg_rows", "sow_entropy", "dtype",

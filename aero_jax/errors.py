@@ -1,8 +1,9 @@
-"""The two kinds of failure a command reports, and how an exception becomes one line.
+"""How a command ends when it fails or is interrupted: one line, and an exit status of its kind.
 
 Bad input (a config value, a path, a busy workdir) exits with status 2; a run that started and
-then failed (divergence, a full disk, a corrupt file) exits with status 1. The full traceback
-goes to a log file or, with --verbose, to the console.
+then failed (divergence, a full disk, a corrupt file) exits with status 1; Ctrl-C (SIGINT) exits
+with status 130, saying what was kept. The full traceback goes to a log file or, with --verbose,
+to the console.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Iterator, List, Optional, Tuple
 
 BAD_INPUT = 2
 RUN_FAILED = 1
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+NOTHING_WRITTEN = "nothing was written"
 
 _NO_SPACE = "No space left on device"
 _QUOTED_PATH = re.compile(r'"(/[^"]+|gs://[^"]+)"')
@@ -77,35 +82,51 @@ def _written_path(error: BaseException) -> str:
 
 def _one_line(text: str) -> str:
     """The first non-empty line of a message, without surrounding quotes."""
-    lines = [line.strip() for line in text.strip().strip("'\"").splitlines() if line.strip()]
+    text = text.strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's message is the quoted key
+        text = text[1:-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else ""
 
 
 def run_command(prog: str, body: Callable[[], None], *, verbose: bool, log_path: Callable[[], Optional[str]] = None,
-                context: Callable[[BaseException], str] = lambda error: "") -> None:
+                context: Callable[[BaseException], str] = lambda error: "",
+                interrupted: Callable[[], str] = lambda: NOTHING_WRITTEN) -> None:
     """Run `body`; any exception becomes one line on stderr and the exit status of its kind.
 
     `log_path()` names the file that receives the traceback (None: only --verbose shows it);
-    `context(error)` adds what the user needs to go on after a failed run (e.g. the last good checkpoint).
+    `context(error)` adds what the user needs to go on after a failed run (e.g. the last good checkpoint);
+    `interrupted()` says what a Ctrl-C left behind.
     """
+    # Ctrl-C stops the command even where it started ignored (a script's background job), as the trainer's loop
+    # already honours it; otherwise a SIGINT outside that loop (setting up, between a study's runs) would be lost.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         body()
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit:
         raise
+    except KeyboardInterrupt:
+        _end(prog, f"interrupted; {interrupted()}", INTERRUPTED, verbose=verbose, path=log_path() if log_path else None)
     except BaseException as error:  # noqa: B036 - every failure must end in one line
         code, message = classify(error)
         path = log_path() if log_path else None
-        trace = traceback.format_exc()
-        if path:
-            append_text(path, trace)
-        if verbose:
-            sys.stderr.write(trace)
         extra = context(error) if code == RUN_FAILED else ""
         where = "" if code == BAD_INPUT else (f" (traceback: {path})" if path else " (--verbose shows the traceback)")
-        print(f"{prog}: {message}{extra}{where}", file=sys.stderr, flush=True)
-        if not verbose:
-            _silence_stderr(path)  # background writers may still complain while the process exits
-        sys.exit(code)
+        _end(prog, f"{message}{extra}{where}", code, verbose=verbose, path=path)
+
+
+def _end(prog: str, message: str, code: int, *, verbose: bool, path: Optional[str]) -> None:
+    """Exit with `code` after one line on stderr; the traceback goes to `path` and, with --verbose, stderr."""
+    trace = traceback.format_exc()
+    if path:
+        append_text(path, trace)
+    if verbose:
+        sys.stderr.write(trace)
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    if not verbose:
+        _silence_stderr(path)  # background writers may still complain while the process exits
+    sys.exit(code)
 
 
 def append_text(path: str, text: str) -> None:
@@ -127,8 +148,10 @@ def _silence_stderr(path: Optional[str]) -> None:
     os.dup2(fd, 2)
 
 
-def argparse_main(prog: str, parser, body: Callable, argv: Optional[List[str]] = None) -> None:
-    """Entry point of an argparse command: `--verbose` added, failures in one line."""
+def argparse_main(prog: str, parser, body: Callable, argv: Optional[List[str]] = None, *,
+                  interrupted: Callable[[], str] = lambda: NOTHING_WRITTEN) -> None:
+    """Entry point of an argparse command: `--verbose` added, failures in one line (`interrupted`: see
+    run_command)."""
     parser.add_argument("--verbose", action="store_true", help="On failure, print the full traceback too.")
 
     def one_line_error(message: str):  # argparse prints the usage too; the user gets one line
@@ -140,5 +163,5 @@ def argparse_main(prog: str, parser, body: Callable, argv: Optional[List[str]] =
     from absl import logging  # orbax and TFDS log every read at INFO through absl
 
     logging.set_verbosity(logging.ERROR)
-    run_command(prog, lambda: body(args), verbose=args.verbose)
+    run_command(prog, lambda: body(args), verbose=args.verbose, interrupted=interrupted)
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 from etils import epath
 
 from aero_jax import data
-from aero_jax.checkpoint import Checkpointer
+from aero_jax.checkpoint import READ_ATTEMPTS, Checkpointer, short_reason
 from aero_jax.config import ConfigError
 from aero_jax.entropy import entropy_range_shares
+from aero_jax.errors import RunFailed
 from aero_jax.model import AeroLM
 from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, create_train_state
@@ -24,6 +25,13 @@ class RestoredRun(NamedTuple):
     model: AeroLM
     step: int
     state: TrainState
+    steps: Tuple[int, ...] = ()  # every saved step, as listed when this one was read
+
+
+def other_step_hint(steps: Sequence[int], step: int) -> str:
+    """'e.g. --step N' with the newest other saved step, for a message that refuses `step`."""
+    others = [s for s in sorted(steps, reverse=True) if s != step]
+    return f"e.g. --step {others[0]}" if others else "this run has no other checkpoint"
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -52,24 +60,30 @@ def restore_run(workdir: str) -> RestoredRun:
     return RestoredRun(config, model, step, jax.device_get(state))
 
 
-def restore_step(workdir: str, step: int = 0) -> RestoredRun:
-    """The run at exactly one saved step (0: the newest); a missing or damaged step is one clear error, never a
-    silent fall-back to another."""
+def restore_step(workdir: str, step: Optional[int] = None) -> RestoredRun:
+    """The run at exactly one saved step (None: the newest); a missing or damaged step is one clear error, never a
+    silent fall-back to another. A running trainer may delete the step being read (it keeps only the newest few):
+    then the newest step is read instead, or, for a step asked for, the steps that exist are named."""
     config, model, like, checkpointer = _restore_target(workdir)
-    steps = checkpointer.steps()
-    if not steps:
-        raise ConfigError(f"workdir {workdir} has no checkpoint in {workdir}/checkpoints; accepted: a run directory "
-                          f"with at least one saved step")
-    step = step or steps[-1]
-    if step not in steps:
-        raise ConfigError(f"step {step} has no checkpoint in {workdir}; accepted: {', '.join(map(str, steps))}")
-    try:
-        state, _ = checkpointer.restore(step, like)
-    except Exception as error:  # orbax raises many types for unreadable files; verify raises CorruptCheckpoint
-        raise ConfigError(f"checkpoint {step} of {workdir} is unusable ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}); accepted: a checkpoint that "
-                          f"verifies, e.g. --step {next((s for s in reversed(steps) if s != step), 'N')}") from error
-    return RestoredRun(config, model, step, jax.device_get(state))
+    for _ in range(READ_ATTEMPTS):
+        steps = checkpointer.steps(reload=True)
+        if not steps:
+            raise ConfigError(f"workdir {workdir} has no checkpoint in {workdir}/checkpoints; accepted: a run "
+                              f"directory with at least one saved step")
+        chosen = steps[-1] if step is None else step
+        if chosen not in steps:
+            raise ConfigError(f"step {chosen} has no checkpoint in {workdir}; accepted: {', '.join(map(str, steps))}")
+        try:
+            state, _ = checkpointer.restore(chosen, like)
+        except Exception as error:  # orbax raises many types for unreadable files; verify raises CorruptCheckpoint
+            if checkpointer.deleted_while_read(chosen, newest_asked=step is None):
+                continue
+            raise ConfigError(f"checkpoint {chosen} of {workdir} is unusable ({type(error).__name__}: "
+                              f"{short_reason(error)}); accepted: a checkpoint that verifies, "
+                              f"{other_step_hint(steps, chosen)}") from error
+        return RestoredRun(config, model, chosen, jax.device_get(state), tuple(steps))
+    raise RunFailed(f"the checkpoints of {workdir} were deleted faster than they could be read "
+                    f"({READ_ATTEMPTS} tries); accepted: a run that keeps more checkpoints (train.keep_checkpoints)")
 
 
 def saved_params(workdir: str) -> List[Tuple[int, dict]]:

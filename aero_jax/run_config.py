@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 import ml_collections
 
 from aero_jax import presets, sharding
-from aero_jax.config import NON_ARCHITECTURE_FIELDS, ConfigError, ModelConfig, field_names
+from aero_jax.config import MAX_SEED, NON_ARCHITECTURE_FIELDS, ConfigError, ModelConfig, field_names
 from aero_jax.data.tokenizers import TOKENIZER_KINDS
 from aero_jax.optim import DECAY_GROUPINGS, DECAY_SHAPES
 
@@ -122,9 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _integer(name: str, value, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        accepted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+def _integer(name: str, value, *, minimum: int, maximum: float = math.inf) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        accepted = ("a positive integer" if minimum == 1 else f"an integer >= {minimum}") + \
+            (f" and <= {maximum}" if maximum < math.inf else "")
         raise ConfigError(f"{name}={value!r} is invalid; accepted: {accepted}")
 
 
@@ -147,7 +148,7 @@ def _choice(name: str, value, accepted) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError for the first invalid value, naming the field and the accepted values."""
-    _integer("seed", config.seed, minimum=0)
+    _integer("seed", config.seed, minimum=0, maximum=MAX_SEED)
     presets.resolve(config.model.preset)
     model_config_from(config.model)
     t = config.train

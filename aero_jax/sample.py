@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aero_jax.config import ConfigError
+from aero_jax.config import MAX_SEED, ConfigError
 from aero_jax.errors import argparse_main
 from aero_jax.model import CACHE, PAD_POSITION, AeroLM
 
@@ -211,18 +211,15 @@ def _run(args) -> None:
 
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     check_sampling(sampling)  # before the checkpoint is read: a typo fails at once
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples {args.num_samples} is invalid; accepted: an integer >= 1")
-    if any(not p for p in args.prompt):
-        raise ConfigError("--prompt '' is empty; accepted: a prompt of at least one character")
+    _check_counts(args)
     run = restore_step(args.workdir, args.step)
     tokenizer = data.make_tokenizer(run.config.data.tokenizer, run.config.data.tokenizer_path or None)
     prompts = [tokenizer.encode(text) for text in args.prompt]
-    max_len = run.model.config.max_len
-    max_new = args.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, max_len - max(len(p) for p in prompts))
-    if max_new < 1:
-        raise ConfigError(f"--prompt of {max(len(p) for p in prompts)} tokens leaves no room to generate; accepted: "
-                          f"a prompt of fewer than max_len={max_len} tokens")
+    max_len, longest = run.model.config.max_len, max(len(p) for p in prompts)
+    if longest >= max_len:
+        raise ConfigError(f"--prompt of {longest} tokens leaves no room to generate; accepted: a prompt of fewer "
+                          f"than max_len={max_len} tokens")
+    max_new = min(DEFAULT_MAX_NEW_TOKENS, max_len - longest) if args.max_new_tokens is None else args.max_new_tokens
     variables = {"params": run.state.params, **run.state.model_state}
     batch = [p for p in prompts for _ in range(args.num_samples)]
     out_BxN = generate(run.model, variables, batch, max_new_tokens=max_new, temperature=args.temperature,
@@ -240,19 +237,32 @@ def _run(args) -> None:
             print(args.prompt[prompt_index] + text)
 
 
+def _check_counts(args) -> None:
+    """The command's numbers and prompts, checked before the checkpoint is read."""
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} is invalid; accepted: an integer >= 1 (default: "
+                          f"{DEFAULT_MAX_NEW_TOKENS}, or what fits in max_len)")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples {args.num_samples} is invalid; accepted: an integer >= 1")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed {args.seed} is invalid; accepted: an integer in [0, {MAX_SEED}]")
+    if any(not p for p in args.prompt):
+        raise ConfigError("--prompt '' is empty; accepted: a prompt of at least one character")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="aero-sample", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a run directory written by aero-train")
     parser.add_argument("--prompt", action="append", required=True,
                         help="text to continue; repeat for a batch of prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=0,
+    parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"tokens to generate (default: {DEFAULT_MAX_NEW_TOKENS}, or what fits in max_len)")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 picks the most likely token")
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="keep the most likely tokens up to this mass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    parser.add_argument("--step", type=int, default=0, help="checkpoint step (default: the newest)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample")
     argparse_main("aero-sample", parser, _run, argv)
 

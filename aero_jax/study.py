@@ -30,7 +30,7 @@ from aero_jax import presets
 from aero_jax.config import ConfigError
 from aero_jax.errors import argparse_main
 from aero_jax.run_config import SIZE_FIELDS, model_config_from, validate, with_preset
-from aero_jax.workdir import make_output_folder, write_text_atomically
+from aero_jax.workdir import check_output_folder, write_text_atomically
 
 STUDY_FILE = "study.json"  # in OUT: which study the folder holds
 SUMMARY_FILE = "summary.json"
@@ -144,16 +144,30 @@ class Study:
 # -- the spec -------------------------------------------------------------------------------------
 
 def load_study(spec: str) -> Study:
-    """The Study of a spec file ('path.py[:variant]'), checked: known presets, distinct names, full size."""
+    """The Study of a spec file ('path.py[:variant]'), checked: known presets, distinct names, full size, and its
+    config file loads."""
+    study = _call_file(spec, "get_study", f"--spec={spec}",
+                       "a study file defining get_study(variant), such as studies/paper_claims.py[:variant]")
+    check_study(study)
+    _call_file(study.config, "get_config", f"--spec={spec}: its config {study.config}",
+               "a config file defining get_config(variant), such as configs/default.py[:variant], relative to the "
+               "current folder")
+    return study
+
+
+def _call_file(path: str, function: str, what: str, accepted: str):
+    """`function` of a file named as --config names it; a file that cannot be read or parsed, or that lacks
+    `function`, is bad input, refused in one line naming `what`."""
     from aero_jax.cli import load_config_file  # the same loader as --config
 
     try:
-        study = load_config_file(spec, function="get_study")
-    except FileNotFoundError as error:
-        raise ConfigError(f"--spec={spec} cannot be loaded ({error.strerror}); accepted: a study file such as "
-                          f"studies/paper_claims.py[:variant]") from error
-    check_study(study)
-    return study
+        return load_config_file(path, function=function)
+    except (OSError, SyntaxError, AttributeError) as error:
+        if isinstance(error, AttributeError) and error.name != function:
+            raise  # raised inside `function`: the file's own failure
+        reason = (f"syntax error at line {error.lineno}: {error.msg}" if isinstance(error, SyntaxError) else
+                  f"no {function}" if isinstance(error, AttributeError) else error.strerror or type(error).__name__)
+        raise ConfigError(f"{what} cannot be loaded ({reason}); accepted: {accepted}") from error
 
 
 def check_study(study: Study) -> None:
@@ -680,9 +694,9 @@ def write_page(study: Study, summaries, out: str, command: str, root: str) -> st
     return page
 
 
-def claim_out_folder(out: str, study: Study) -> None:
-    """OUT holds this study's outputs only: a folder of another study is refused, never overwritten."""
-    make_output_folder(out, flag="--out")
+def check_out_folder(out: str, study: Study) -> None:
+    """Refuse, creating nothing, an OUT the study may not write: unwritable, another study's, or with other files."""
+    check_output_folder(out, flag="--out")
     marker = os.path.join(out, STUDY_FILE)
     if os.path.exists(marker):
         with open(marker) as f:
@@ -690,16 +704,25 @@ def claim_out_folder(out: str, study: Study) -> None:
         if held != study.name:
             raise ConfigError(f"--out={out} holds the study {held!r}, not {study.name!r}; accepted: an empty "
                               f"folder or one of this study")
-    else:
-        if [entry for entry in os.listdir(out) if not entry.startswith(".")]:
-            raise ConfigError(f"--out={out} holds files of no study; accepted: an empty folder or one of this study")
-        write_text_atomically(epath.Path(marker), json.dumps({"study": study.name}))
+    elif os.path.isdir(out) and [entry for entry in os.listdir(out) if not entry.startswith(".")]:
+        raise ConfigError(f"--out={out} holds files of no study; accepted: an empty folder or one of this study")
+
+
+def claim_out_folder(out: str, study: Study) -> None:
+    """OUT holds this study's outputs only: a folder of another study is refused, never overwritten."""
+    check_out_folder(out, study)
+    os.makedirs(out, exist_ok=True)
+    marker = epath.Path(out) / STUDY_FILE
+    if not marker.exists():
+        write_text_atomically(marker, json.dumps({"study": study.name}))
 
 
 def _run(args) -> None:
     study = load_study(args.spec)
     root = args.workdirs or os.path.join("workdirs", study.name)
+    check_output_folder(root, flag="--workdirs")  # before anything is written; the dry run refuses the same
     if args.dry_run:
+        check_out_folder(args.out, study)
         for run in study.runs:
             for seed in run.seeds:
                 config = run_config(study, run, seed)
@@ -735,7 +758,8 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/results", help="figures and the report; the page is OUT.md")
     parser.add_argument("--workdirs", default="", help="where the runs' workdirs live (default workdirs/<study>)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's config and command, train nothing")
-    argparse_main("aero-study", parser, _run, argv)
+    argparse_main("aero-study", parser, _run, argv,
+                  interrupted=lambda: "the runs trained so far are kept; rerun the same command to resume")
 
 
 if __name__ == "__main__":

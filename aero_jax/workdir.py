@@ -55,16 +55,24 @@ def make_workdir(workdir: str) -> epath.Path:
     return path
 
 
+def check_output_folder(folder: str, *, flag: str) -> None:
+    """Refuse a folder that could not be made or written, creating nothing (a dry run refuses what a run would)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):  # the folder, or the parent it would be made in
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        reason = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{existing} is not writable"
+    else:
+        return
+    raise ConfigError(f"cannot write to {folder} ({reason}); accepted: {flag} naming a writable folder")
+
+
 def make_output_folder(folder: str, *, flag: str) -> None:
     """A folder a reader writes its outputs to, created if needed; one clear error naming `flag` otherwise."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        writable = os.access(folder, os.W_OK | os.X_OK)
-        reason = "not writable"
-    except OSError as error:
-        writable, reason = False, error.strerror
-    if not writable:
-        raise ConfigError(f"cannot write to {folder} ({reason}); accepted: {flag} naming a writable folder")
+    check_output_folder(folder, flag=flag)
+    os.makedirs(folder, exist_ok=True)
 
 
 def write_text_atomically(path: epath.Path, text: str) -> None:

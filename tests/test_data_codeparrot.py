@@ -78,29 +78,59 @@ def test_a_dataset_built_in_this_process_is_tokenized_once(tmp_path, monkeypatch
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
 
 
-def test_bad_manual_folders_are_refused_in_one_line(tmp_path, corpus):
-    def run(manual):
-        return run_script("aero-prepare-data", "--config=configs/default.py:smoke",
-                          "--config.data.dataset=codeparrot_ds/full", f"--config.data.manual_dir={manual}",
-                          f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.cache_dir={tmp_path / 'c'}")
+def prepare(tmp_path, manual, packing="concat"):
+    """aero-prepare-data of the full dataset from `manual` into tmp_path's data and c folders."""
+    return run_script("aero-prepare-data", "--config=configs/default.py:smoke", f"--config.data.packing={packing}",
+                      "--config.data.dataset=codeparrot_ds/full", f"--config.data.manual_dir={manual}",
+                      f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.cache_dir={tmp_path / 'c'}")
 
-    def prepare(manual, *expected):
-        assert_one_line(run(manual), "aero-prepare-data", 2, *expected)
 
-    prepare(tmp_path / "nowhere", "manual folder", "nowhere/codeparrot-ds-train does not exist", ".parquet")
+def test_bad_manual_folders_are_refused_in_one_line(tmp_path):
+    def refused(manual, *expected):
+        assert_one_line(prepare(tmp_path, manual), "aero-prepare-data", 2, *expected)
+
+    refused(tmp_path / "nowhere", "manual folder", "nowhere/codeparrot-ds-train does not exist", ".parquet")
     empty = tmp_path / "empty"
     (empty / "codeparrot-ds-train").mkdir(parents=True)
-    prepare(empty, "codeparrot-ds-train is empty", "*.parquet, *.jsonl, *.jsonl.gz")
+    refused(empty, "codeparrot-ds-train is empty", "*.parquet, *.jsonl, *.jsonl.gz")
     foreign = tmp_path / "foreign"
     (foreign / "codeparrot-ds-train").mkdir(parents=True)
     (foreign / "codeparrot-ds-train" / "data.csv").write_text("content\nx\n")
-    prepare(foreign, "holds only data.csv", "*.parquet")
-    fieldless = tmp_path / "fieldless"
-    manual_folder(fieldless, ".jsonl")
-    (fieldless / "codeparrot-ds-valid" / "data-00001.jsonl").write_text('{"text": "x"}\n')
-    result = run(fieldless)  # found while the dataset is built: TFDS's progress bars come before the line
-    last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert last.startswith("aero-prepare-data: ") and "data-00001.jsonl line 1 has no 'content' field (found: text)" \
-        in last, last
-    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.json"))
+    refused(foreign, "holds only data.csv", "*.parquet")
+
+
+DAMAGED = {  # id: (format, the damaged second validation file from the good one, what the one line says)
+    "cut-short parquet": (".parquet", lambda good: good[:len(good) // 2],
+                          ["data-00001.parquet is damaged (ArrowInvalid: ", "download it again"]),
+    "cut-short gzip": (".jsonl.gz", lambda good: good[:len(good) // 2],
+                       ["data-00001.jsonl.gz is damaged after 0 lines (EOFError: ", "download it again"]),
+    "not UTF-8": (".jsonl", lambda good: b'{"content": "x"}\n{"content": "\xff"}\n',
+                  ["data-00001.jsonl line 2 is not UTF-8 (byte 0xff at column 14)", "accepted: JSON lines in UTF-8"]),
+    "null content": (".jsonl", lambda good: b'{"content": "x"}\n{"content": null}\n',
+                     ["data-00001.jsonl line 2 has 'content': null", "accepted: records with a string 'content'"]),
+    "number content": (".jsonl", lambda good: b'{"content": 12345}\n',
+                       ["data-00001.jsonl line 1 has 'content': 12345", "accepted: records with a string 'content'"]),
+    "no content": (".jsonl", lambda good: b'{"text": "x"}\n',
+                   ["data-00001.jsonl line 1 has no 'content' field (found: text)"]),
+}
+
+
+@pytest.mark.parametrize("fmt, damage, expected", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_file_is_refused_in_one_line_by_name(tmp_path, fmt, damage, expected):
+    manual = manual_folder(tmp_path / "manual", fmt)
+    path = manual / "codeparrot-ds-valid" / f"data-00001{fmt}"
+    path.write_bytes(damage(path.read_bytes()))
+    assert_one_line(prepare(tmp_path, manual), "aero-prepare-data", 2, *expected)
+    assert not list((tmp_path / "c").glob("*.json"))  # no cache entry is trusted
+    assert not tfds.builder("codeparrot_ds/full", data_dir=str(tmp_path / "data")).is_prepared()
+
+
+def test_prepare_data_prints_only_its_json_lines(tmp_path):
+    result = prepare(tmp_path, manual_folder(tmp_path / "manual", ".jsonl"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [json.loads(line)["split"] for line in result.stdout.splitlines()] == ["train", "validation"], result.stdout
+
+
+def test_a_failure_after_tokenizing_leaves_no_progress_bar(tmp_path):
+    result = prepare(tmp_path, manual_folder(tmp_path / "manual", ".jsonl"), packing="chunk")
+    assert_one_line(result, "aero-prepare-data", 2, "split 'validation' of codeparrot_ds/full yields no sequences")

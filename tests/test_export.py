@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line, run_script, small_config
 
 torch = pytest.importorskip("torch")
-from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from aero_jax import presets  # noqa: E402
 from aero_jax.export import from_hf, hf, to_pytorch  # noqa: E402
@@ -313,7 +313,7 @@ def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path
                     "checkpoint 12", "non-finite", "accepted:", "--step 8")
     zero_sigma = _damaged_copy(trained["SM+SNorm(QK+FFN)"], tmp_path, zero_spectral_vectors)
     assert_one_line(run_script("aero-export", "--workdir", zero_sigma, "--out", tmp_path / "o2"), "aero-export", 2,
-                    "checkpoint 12", "folds to non-finite values in h.0.attn.q_proj.weight", "--step N")
+                    "checkpoint 12", "folds to non-finite values in h.0.attn.q_proj.weight", "e.g. --step 8")
     assert not (tmp_path / "o2").exists()
     assert_one_line(run_script("aero-export", "--workdir", nan_run, "--out", nan_run.parent, "--overwrite"),
                     "aero-export", 2, "holds the run", "outside the run")
@@ -376,3 +376,10 @@ def test_bad_imports_are_refused_in_one_line(trained, corpus, tmp_path):
     assert_one_line(run_script("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w5"),
                     "aero-import-hf", 2,
                     "scale_attn_weights=False is not imported")
+    (resized / "config.json").write_text(json.dumps(config))
+    tensors = load_file(str(source / "model.safetensors"))
+    tensors["transformer.h.1.mlp.c_fc.weight"][0, 0] = np.nan
+    save_file(tensors, str(resized / "model.safetensors"))
+    assert_one_line(run_script("aero-import-hf", "--checkpoint", resized, "--workdir", tmp_path / "w6"),
+                    "aero-import-hf", 2, "tensor transformer.h.1.mlp.c_fc.weight holds non-finite values", "all finite")
+    assert not (tmp_path / "w6").exists()

@@ -24,11 +24,13 @@ import pytest
 from etils import epath
 
 from aero_jax import workdir as workdir_module
-from aero_jax.checkpoint import Checkpointer, CorruptCheckpoint, _reason, fingerprints
+from aero_jax.checkpoint import Checkpointer, CorruptCheckpoint, fingerprints, short_reason
 from aero_jax.config import ConfigError
 from aero_jax.data import cache
 from aero_jax.data.stdlib import prepare_stdlib
 from aero_jax.errors import classify
+from aero_jax.evaluate import restore_run, restore_step
+from aero_jax.export import to_pytorch
 from aero_jax.run_config import architecture_label, base_config, model_section, validate
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Trainer
@@ -216,8 +218,8 @@ def test_unreadable_reasons_carry_no_object_reprs():
         def read(self):
             pass
 
-    assert _reason(ValueError(f"cannot use {Opaque().read} here\nmore")) == "cannot use"
-    assert _reason(ValueError(f"spec details: {Opaque()}")) == "spec"
+    assert short_reason(ValueError(f"cannot use {Opaque().read} here\nmore")) == "cannot use"
+    assert short_reason(ValueError(f"spec details: {Opaque()}")) == "spec"
 
 
 # -- 6. failed writes leave nothing behind ---------------------------------------------------------
@@ -505,3 +507,159 @@ def test_readers_leave_a_read_only_workdir_alone(corpus):
             path.chmod(0o755 if path.is_dir() else 0o644)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# -- readers of a run, and what they write ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished(corpus, tmp_path_factory):
+    """A tiny finished run: checkpoints and evaluations at steps 4 and 8."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    Trainer(small_config(corpus), str(workdir)).run()
+    return workdir
+
+
+def _copy(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _trainer_replaces_8_by_12_while_it_is_read(monkeypatch, run):
+    """Reading step 8 of `run` fails as it does while a trainer saves step 12 and deletes step 8 (keep 1)."""
+    original = Checkpointer.restore
+
+    def restore(self, step, like):
+        if step == 8 and (run / "checkpoints" / "8").exists():
+            shutil.copytree(run / "checkpoints" / "8", run / "checkpoints" / "12")
+            shutil.rmtree(run / "checkpoints" / "8")
+            raise ValueError('NOT_FOUND: Error reading "lr_scale/.zarray" in OCDBT database')  # as orbax says it
+        return original(self, step, like)
+
+    monkeypatch.setattr(Checkpointer, "restore", restore)
+
+
+@pytest.mark.parametrize("read", [restore_step, restore_run])  # aero-sample and aero-export; aero-eval and reports
+def test_a_checkpoint_the_trainer_deletes_while_it_is_read_gives_way_to_the_newest(finished, tmp_path, monkeypatch,
+                                                                                    capfd, read):
+    run = _copy(finished, tmp_path)
+    _trainer_replaces_8_by_12_while_it_is_read(monkeypatch, run)
+    assert read(str(run)).step == 12
+    assert capfd.readouterr().err == ""  # a deletion is not damage: nothing to report
+
+
+def test_a_step_asked_for_and_deleted_while_it_is_read_is_refused_naming_the_steps(finished, tmp_path, monkeypatch):
+    run = _copy(finished, tmp_path)
+    _trainer_replaces_8_by_12_while_it_is_read(monkeypatch, run)
+    with pytest.raises(ConfigError, match="step 8 has no checkpoint in .*; accepted: 4, 12$"):
+        restore_step(str(run), 8)  # a step asked for is that step or a refusal, never another
+
+
+def test_a_damaged_step_names_a_real_step_to_try(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    _flip_a_byte(_largest_data_file(run / "checkpoints" / "8"))
+    with pytest.raises(ConfigError, match=r"checkpoint 8 of .* is unusable .*e\.g\. --step 4$"):
+        restore_step(str(run), 8)
+    shutil.rmtree(run / "checkpoints" / "4")
+    with pytest.raises(ConfigError, match="this run has no other checkpoint$"):
+        restore_step(str(run))
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_an_export_carries_its_own_step_and_mode_and_cleans_what_killed_exports_left(finished, tmp_path):
+    out, dead = tmp_path / "export", _dead_pid()
+    (tmp_path / f"export.partial-{dead}").mkdir()  # a kill -9 during a write
+    evaluations = {r["step"]: r["perplexity"] for r in read_metrics(finished) if r["kind"] == "eval"}
+    previous = os.umask(0o022)
+    try:
+        to_pytorch(str(finished), str(out), step=4)
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert json.loads((out / "config.json").read_text())["aero"]["validation_perplexity"] == evaluations[4] != \
+        evaluations[8]
+    assert f"validation perplexity {evaluations[4]:.3f}." in (out / "README.md").read_text()
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}
+    moved_aside = tmp_path / f"again.previous-{dead}"  # a kill -9 between moving the old export aside and replacing it
+    shutil.copytree(out, moved_aside)
+    with pytest.raises(ConfigError, match="again already exists"):
+        to_pytorch(str(finished), str(tmp_path / "again"))
+    assert (tmp_path / "again" / "model.safetensors").is_file() and not moved_aside.exists()
+
+
+def test_overwrite_refuses_an_export_folder_that_holds_other_files(finished, tmp_path):
+    out = tmp_path / "export"
+    to_pytorch(str(finished), str(out))
+    (out / ".git").mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    assert_one_line(run_script("aero-export", "--workdir", finished, "--out", out, "--overwrite"), "aero-export", 2,
+                    "also holds .git, notes.txt", "which --overwrite would delete")
+    assert _snapshot(out) == before
+    assert_one_line(run_script("aero-export", "--workdir", finished, "--out", tmp_path / "new", "--step", "0"),
+                    "aero-export", 2, "step 0 has no checkpoint", "accepted: 4, 8")
+
+
+# -- slow: Ctrl-C, and readers while a run trains ---------------------------------------------------
+
+_INTERRUPTED_IN = """
+import os, signal, sys
+import {module} as target
+
+def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while the command is doing this
+
+target.{function} = interrupted
+sys.argv[0] = {prog!r}
+from {entry_module} import {entry}
+{entry}()
+"""
+
+
+def _interrupted(prog, where, entry, *args):
+    """`prog` run with a SIGINT delivered when it calls `where` (module.function)."""
+    module, function = where.rsplit(".", 1)
+    entry_module, entry = entry.split(":")
+    code = _INTERRUPTED_IN.format(module=module, function=function, prog=prog, entry_module=entry_module, entry=entry)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_readers_and_prepare_data_in_one_line(finished, corpus, tmp_path):
+    exported = _interrupted("aero-export", "aero_jax.export._save_tensors", "aero_jax.export:export_main",
+                            "--workdir", finished, "--out", tmp_path / "export")
+    assert_one_line(exported, "aero-export", 130, "interrupted; nothing was written")
+    assert list(tmp_path.iterdir()) == []
+    sampled = _interrupted("aero-sample", "aero_jax.sample.generate", "aero_jax.sample:main", "--workdir", finished,
+                           "--prompt", "def")
+    assert_one_line(sampled, "aero-sample", 130, "interrupted; nothing was written")
+    assert sampled.stdout == ""
+    cache_dir = tmp_path / "cache"
+    prepared = _interrupted("aero-prepare-data", "aero_jax.data.cache.write_rows", "aero_jax.cli:prepare_data", SMOKE,
+                            *data_flags({**corpus, "cache_dir": cache_dir}))
+    assert_one_line(prepared, "aero-prepare-data", 130, "interrupted; finished cache files are kept")
+    assert [p.name for p in cache_dir.iterdir() if p.suffix != ".lock"] == []
+
+
+@pytest.mark.slow
+def test_readers_of_a_run_that_is_training_read_its_newest_checkpoint(corpus, tmp_path):
+    run = tmp_path / "run"
+    extra = ["--config.train.num_steps=100000", "--config.train.keep_checkpoints=1",
+             "--config.train.checkpoint_every=2", "--config.train.eval_every=100000", "--config.train.log_every=1"]
+    training = subprocess.Popen(_train_command(run, corpus, *extra), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_steps(run, 4, training)
+        for attempt in range(4):
+            exported = run_script("aero-export", "--workdir", run, "--out", tmp_path / f"export{attempt}")
+            assert exported.returncode == 0 and exported.stderr == "", exported.stderr[-3000:]
+            sampled = run_script("aero-sample", "--workdir", run, "--prompt", "def", "--max-new-tokens", "4")
+            assert sampled.returncode == 0 and sampled.stderr == "", sampled.stderr[-3000:]
+        assert training.poll() is None  # every read overlapped the run's saves and deletions
+    finally:
+        training.send_signal(signal.SIGTERM)
+        training.wait(timeout=120)

@@ -232,3 +232,16 @@ def test_bad_sampling_requests_are_refused_in_one_line(trained, tmp_path):
     refused("--prompt", "x", workdir=no_checkpoint, expected=["has no config.json"])
     (no_checkpoint / "config.json").write_bytes((trained / "config.json").read_bytes())
     refused("--prompt", "x", workdir=no_checkpoint, expected=["has no checkpoint"])
+
+
+@pytest.mark.slow  # five console-script runs: about 15 s
+def test_steps_counts_and_seeds_out_of_range_are_refused_in_one_line(trained):
+    def refused(*args, expected):
+        assert_one_line(run_script("aero-sample", "--workdir", trained, "--prompt", *args), "aero-sample", 2, *expected)
+
+    refused("x", "--step", "0", expected=["step 0 has no checkpoint", "accepted: 4, 8"])  # 0 is a step, not "newest"
+    for count in ("0", "-3"):
+        refused("x", "--max-new-tokens", count, expected=[f"--max-new-tokens {count} is invalid", "an integer >= 1"])
+    refused("z" * 100_000, "--max-new-tokens", "5", expected=["--prompt of 100000 tokens leaves no room"])
+    refused("x", "--seed", "99999999999999999999", expected=["--seed 99999999999999999999 is invalid",
+                                                             "[0, 4294967295]"])

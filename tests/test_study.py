@@ -3,10 +3,13 @@
 import json
 import pathlib
 import re
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
-from conftest import assert_one_line, run_script
+from conftest import BIN, assert_one_line, run_script
 
 from aero_jax import study as study_lib
 from aero_jax.run_log import read_metrics
@@ -117,8 +120,92 @@ def test_bad_specs_and_outputs_are_refused_in_one_line(corpus, tmp_path):
     assert json.loads((other / "study.json").read_text()) == {"study": "someone_else"}
 
 
-def test_the_gpt2_codeparrot_variant_dry_runs():
-    result = run_script("aero-study", "--spec", ROOT / "studies" / "paper_claims.py:gpt2_codeparrot", "--dry-run")
+@pytest.mark.parametrize("text, expected", [
+    ("def get_study(variant=''):\n    return (\n", "cannot be loaded (syntax error at line"),
+    (None, "cannot be loaded (No such file or directory)"),
+    ("def get_config(variant=''):\n    return {}\n", "cannot be loaded (no get_study)"),
+    (SPEC.format(data={}, second="SM+R", third_name="C", name="tiny", config="absent_config.py"),
+     "its config absent_config.py cannot be loaded (No such file or directory)"),
+], ids=["syntax error", "no file", "no get_study", "no config"])
+def test_a_spec_that_cannot_give_its_study_is_refused_in_one_line_naming_it(tmp_path, text, expected):
+    spec = tmp_path / "spec.py"
+    if text is not None:
+        spec.write_text(text)
+    result = run_script("aero-study", "--spec", spec, "--out", tmp_path / "results", "--workdirs", tmp_path / "runs")
+    assert_one_line(result, "aero-study", 2, f"--spec={spec}", expected, "; accepted: a ")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--workdirs"])
+def test_a_dry_run_refuses_the_folders_the_run_refuses_and_creates_nothing(corpus, tmp_path, flag):
+    spec = write_spec(tmp_path, corpus)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    folders = {"--out": tmp_path / "results", "--workdirs": tmp_path / "runs", flag: blocker}
+    args = ["--spec", spec, *[part for pair in folders.items() for part in pair]]
+    dry = run_script("aero-study", *args, "--dry-run")
+    assert_one_line(dry, "aero-study", 2, f"cannot write to {blocker} ({blocker} is not a folder)",
+                    f"accepted: {flag} naming a writable folder")
+    real = run_script("aero-study", *args)
+    assert (real.returncode, real.stderr) == (dry.returncode, dry.stderr)
+    assert {p.name for p in tmp_path.iterdir()} - {"__pycache__"} == {spec.name, blocker.name}  # nothing made
+
+
+HELD_CONFIG = """
+import os
+import time
+
+from aero_jax.cli import load_config_file
+
+
+def get_config(variant=""):
+    if os.path.exists({finished!r}):  # the first run is done: the next run's setup waits here for the SIGINT
+        open({holding!r}, "w").close()
+        time.sleep(60)
+    return load_config_file({config!r})
+"""
+
+TWO_SEEDS = """
+from aero_jax.study import RunSpec, Study
+
+
+def get_study(variant=""):
+    return Study(name="two_seeds", config={config!r}, runs=(RunSpec("A", "SM+LN+G", seeds=(0, 1), overrides={data!r}),),
+                 size=dict(num_layers=1, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
+                 train=dict(num_steps=1, checkpoint_every=1))
+"""
+
+
+@pytest.mark.slow  # a study of two runs, interrupted: about 10 s
+def test_ctrl_c_while_the_study_sets_up_its_next_run_stops_it_in_one_line(corpus, tmp_path):
+    """The study starts as a script's background jobs do, with SIGINT ignored: Ctrl-C must still stop it between
+    runs, not only in the trainer's loop."""
+    workdirs, holding, stderr = tmp_path / "runs", tmp_path / "holding", tmp_path / "stderr.txt"
+    config = tmp_path / "held.py"
+    config.write_text(HELD_CONFIG.format(finished=str(workdirs / "a-seed0" / "summary.json"), holding=str(holding),
+                                         config=str(ROOT / "configs" / "default.py:smoke")))
+    spec = tmp_path / "two_seeds.py"
+    spec.write_text(TWO_SEEDS.format(config=str(config), data={f"data.{k}": v for k, v in corpus.items()}))
+    ignoring_sigint = ["sh", "-c", 'trap "" INT; exec "$0" "$@"']  # the program inherits the ignored SIGINT
+    with stderr.open("wb") as err:
+        study = subprocess.Popen([*ignoring_sigint, BIN / "aero-study", "--spec", spec, "--out", tmp_path / "results",
+                                  "--workdirs", workdirs], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 300
+        while not holding.exists() and study.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert holding.exists(), stderr.read_text()[-3000:]
+        before = stderr.stat().st_size  # the first run's lines
+        study.send_signal(signal.SIGINT)
+        study.wait(timeout=20)
+    finally:
+        study.kill()
+    interrupted = subprocess.CompletedProcess(study.args, study.returncode, "", stderr.read_bytes()[before:].decode())
+    assert_one_line(interrupted, "aero-study", 130, "interrupted; the runs trained so far are kept")
+
+
+def test_the_gpt2_codeparrot_variant_dry_runs(tmp_path):
+    result = run_script("aero-study", "--spec", ROOT / "studies" / "paper_claims.py:gpt2_codeparrot", "--dry-run",
+                        "--out", tmp_path / "results")
     assert result.returncode == 0, result.stderr
     runs = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(runs) == sum(len(r.seeds) for r in study_lib.load_study(

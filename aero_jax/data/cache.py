@@ -264,7 +264,7 @@ def write_atomically(path: str, write: Callable):
             written = write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; others may read the cache
+        follow_umask(temporary)  # mkstemp makes 0600; others may read the cache
         os.replace(temporary, path)
     except OSError as error:
         _remove_if_present(temporary)
@@ -307,10 +307,11 @@ def _lock_is_free(lock_path: str) -> bool:
     return True
 
 
-def _umask() -> int:
+def follow_umask(path: str) -> None:
+    """Give a file the mode a plain open() would (0666 less the umask), e.g. after a writer that makes it 0600."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, 0o666 & ~mask)
 
 
 @contextlib.contextmanager

@@ -13,19 +13,22 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
-from aero_jax.data.shards import ManualBuilder, shard_name, shard_ranges
+from aero_jax.data.shards import ManualBuilder, damage_refused, shard_name, shard_ranges
 
 FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 SPLIT_FOLDERS = {"train": "codeparrot-ds-train", "validation": "codeparrot-ds-valid"}
 TEXT_FIELD = "content"
 RELEASED_SEED = 0
 _IGNORED = ("README.md", ".gitattributes", "dataset_info.json", "dataset_infos.json", "state.json")  # hub metadata
+_ACCEPTED = f"records with a string '{TEXT_FIELD}' field"
+_REDOWNLOAD = "the complete published file (download it again)"
 _COMPRESSION = 4  # how much larger than its file a compressed file's text is taken to be, when sizing shards
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
@@ -144,43 +147,78 @@ def data_files(folder: str) -> List[str]:
 def count_records(path: str) -> int:
     """How many documents a data file holds (parquet: from its footer; JSON lines: one pass)."""
     if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    with _open_text(path) as f:
-        return sum(1 for line in f if line.strip())
+        return _parquet(path).metadata.num_rows
+    return sum(1 for _, line in _lines(path) if line.strip())
 
 
 def read_texts(path: str) -> Iterator[str]:
-    """The `content` of every record of a data file, in order, a batch of rows at a time."""
+    """The `content` of every record of a data file, in order; a record without a string `content` is refused."""
     if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        if TEXT_FIELD not in parquet.schema_arrow.names:
-            raise ConfigError(f"{path} has columns {', '.join(parquet.schema_arrow.names)}; accepted: records with "
-                              f"a '{TEXT_FIELD}' field")
-        for batch in parquet.iter_batches(batch_size=1024, columns=[TEXT_FIELD]):
-            yield from (text or "" for text in batch.column(0).to_pylist())
+        yield from _parquet_texts(path)
         return
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ConfigError(f"{path} line {number} is not JSON ({error.msg}); accepted: one JSON object "
-                                      f"per line") from error
-                yield _content(record, path, number)
+    for number, line in _lines(path):
+        if line.strip():
+            yield _content(_record(line, path, number), path, number)
+
+
+def _parquet_texts(path: str) -> Iterator[str]:
+    """The `content` column of a parquet file, a batch of rows at a time; a null is refused with its row (from 1)."""
+    import pyarrow as pa
+
+    parquet = _parquet(path)
+    schema = parquet.schema_arrow
+    if TEXT_FIELD not in schema.names:
+        raise ConfigError(f"{path} has columns {', '.join(schema.names)}; accepted: {_ACCEPTED}")
+    kind = schema.field(TEXT_FIELD).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ConfigError(f"{path} has a '{TEXT_FIELD}' column of type {kind}; accepted: {_ACCEPTED}")
+    row = 0
+    with damage_refused(path, (pa.ArrowException, OSError), _REDOWNLOAD, lambda: f" after {row} rows"):
+        for batch in parquet.iter_batches(batch_size=1024, columns=[TEXT_FIELD]):
+            column = batch.column(0)
+            if column.null_count:
+                null = row + column.is_null().to_pylist().index(True) + 1
+                raise ConfigError(f"{path} row {null} has '{TEXT_FIELD}': null; accepted: {_ACCEPTED}")
+            yield from column.to_pylist()
+            row += len(column)
+
+
+def _parquet(path: str):
+    """The open parquet file; one that is not parquet or is cut short is refused naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with damage_refused(path, (pa.ArrowException, OSError), _REDOWNLOAD):
+        return pq.ParquetFile(path)
+
+
+def _lines(path: str) -> Iterator[Tuple[int, bytes]]:
+    """(number from 1, line) of a JSON lines file, plain or gzipped; a truncated or damaged gzip file is refused."""
+    number = 0
+    with damage_refused(path, (EOFError, zlib.error, OSError), _REDOWNLOAD, lambda: f" after {number} lines"):
+        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                yield number, line
+
+
+def _record(line: bytes, path: str, number: int):
+    """One line's JSON value; a line that is not UTF-8 or not JSON is refused with its number."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} line {number} is not UTF-8 (byte {line[error.start]:#04x} at column "
+                          f"{error.start + 1}); accepted: JSON lines in UTF-8") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} line {number} is not JSON ({error.msg}); accepted: one JSON object per "
+                          f"line") from error
 
 
 def _content(record, path: str, line: int) -> str:
+    """A record's `content`; a missing, null or non-string one means a foreign or damaged file and is refused."""
     if not isinstance(record, dict) or TEXT_FIELD not in record:
         fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-        raise ConfigError(f"{path} line {line} has no '{TEXT_FIELD}' field (found: {fields}); accepted: records "
-                          f"with a '{TEXT_FIELD}' field")
-    return str(record[TEXT_FIELD])
-
-
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+        raise ConfigError(f"{path} line {line} has no '{TEXT_FIELD}' field (found: {fields}); accepted: {_ACCEPTED}")
+    text = record[TEXT_FIELD]
+    if not isinstance(text, str):
+        raise ConfigError(f"{path} line {line} has '{TEXT_FIELD}': {json.dumps(text)[:40]}; accepted: {_ACCEPTED}")
+    return text

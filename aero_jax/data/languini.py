@@ -12,18 +12,21 @@ The builder stores each book's ids as they are (no text, no re-tokenization): tr
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
-from aero_jax.data.shards import ManualBuilder, shard_name, shard_ranges
+from aero_jax.data.shards import ManualBuilder, damage_refused, shard_name, shard_ranges
 
 VOCABULARY = "books_16384"
 VOCAB_SIZE = 16384
 END_OF_DOCUMENT = 2  # <D> in books_16384.model
 SPLIT_LISTS = {"train": "file_list_train.npy", "validation": "file_list_test_iid.npy"}
+_COMPLETE = "a complete tokenization (languini/dataset_lib/integrity_test.py checks it)"
+_NPY_DAMAGE = (ValueError, EOFError, OSError, pickle.UnpicklingError)  # np.load of a cut-short or foreign file
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
 Tokenize the books with Languini's own script (it downloads books3, about 37 GB, and the split lists),
@@ -72,7 +75,8 @@ class LanguiniBooks(ManualBuilder):
 
     def _generate_examples(self, paths: List[str]) -> Iterator[Tuple[str, dict]]:
         for path in paths:
-            ids = np.load(path, mmap_mode="r")
+            with damage_refused(path, _NPY_DAMAGE, _COMPLETE):
+                ids = np.load(path, mmap_mode="r")
             if ids.ndim != 1 or ids.dtype != np.uint16 or (ids.size and int(ids.max()) >= VOCAB_SIZE):
                 raise ConfigError(f"book {path} holds {ids.dtype} {ids.shape}; accepted: 1-D uint16 ids below "
                                   f"{VOCAB_SIZE} ({VOCABULARY})")
@@ -85,14 +89,15 @@ def book_paths(manual_dir: str, list_name: str) -> List[str]:
     if not os.path.isfile(list_path):
         raise ConfigError(f"manual folder {manual_dir} has no {list_name}; accepted: Languini's data/books folder "
                           f"({', '.join(SPLIT_LISTS.values())} and {VOCABULARY}/files/*.npy)")
-    rows = np.load(list_path, allow_pickle=True)
+    with damage_refused(list_path, _NPY_DAMAGE, _COMPLETE):
+        rows = np.load(list_path, allow_pickle=True)
     listed = [str(row) for row in rows] if rows.ndim == 1 else [str(row[0]) for row in rows]  # paths, or (path, n)
     books = os.path.join(manual_dir, VOCABULARY)
     paths = [_book_path(books, path) for path in listed]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise ConfigError(f"{len(missing)} of the {len(paths)} books in {list_path} are missing, e.g. {missing[0]}; "
-                          f"accepted: a complete tokenization (languini/dataset_lib/integrity_test.py checks it)")
+                          f"accepted: {_COMPLETE}")
     return paths
 
 

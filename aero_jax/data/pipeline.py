@@ -20,7 +20,7 @@ from tqdm import tqdm
 from aero_jax.config import ConfigError
 from aero_jax.data.cache import Rows, cached_array, exclusive_lock
 from aero_jax.data.packing import check_packing, pack_blocks
-from aero_jax.data.shards import shards_of
+from aero_jax.data.shards import prepare_quietly, shards_of
 from aero_jax.data.stdlib import prepare_stdlib, remove_incomplete_builds
 from aero_jax.data.tokenizers import Tokenizer
 
@@ -195,7 +195,7 @@ def _built_from_manual_dir(dataset: str, data_dir: str, manual_dir: Optional[str
         remove_incomplete_builds(os.path.join(data_dir, *dataset.split("/")))
         builder = tfds.builder(dataset, data_dir=data_dir)  # another process may have built it meanwhile
         if not builder.is_prepared():
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+            prepare_quietly(builder, download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
 
 
@@ -252,9 +252,9 @@ def _sized(texts_: list):
 
 def _batches(source, convert, *, desc: str) -> Iterator[list]:
     """convert(records) -> (items, megabytes) for every batch of records, in order, with a progress bar in
-    documents/s and MB/s."""
+    documents/s and MB/s: on a terminal only, and erased when done, so a failure still ends in one line."""
     started, megabytes = time.perf_counter(), 0.0
-    with tqdm(total=len(source), desc=desc, unit="doc") as progress:
+    with tqdm(total=len(source), desc=desc, unit="doc", disable=None, leave=False) as progress:
         for start in range(0, len(source), _READ_BATCH):
             records = source.__getitems__(list(range(start, min(start + _READ_BATCH, len(source)))))
             items, size = convert(records)

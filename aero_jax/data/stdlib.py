@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from aero_jax.config import ConfigError
 from aero_jax.data.cache import exclusive_lock
+from aero_jax.data.shards import prepare_quietly
 from aero_jax.run_log import console
 
 EXCLUDED_FOLDERS = ("site-packages", "dist-packages")  # installed packages, not the stdlib
@@ -98,7 +99,7 @@ def prepare_stdlib(data_dir: str, *, source_dir: Optional[str] = None) -> Python
         if builder.is_prepared():
             _check_same_source(builder, data_dir)
         else:
-            builder.download_and_prepare()
+            prepare_quietly(builder)
     return builder
 
 

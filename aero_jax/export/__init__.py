@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import numpy as np
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.errors import argparse_main
 from aero_jax.export import fold, hf
+from aero_jax.run_log import console, read_metrics
 
 FORMATS = ("auto", "hf", "torch")
 DTYPES = ("float32", "bfloat16")
@@ -32,6 +34,8 @@ WEIGHTS_FILE = "model.safetensors"
 EXTRAS_FILE = "training_extras.safetensors"
 MODELING_FILE = "modeling_aero.py"
 BYTE_TOKENIZER_FILE = "byte_tokenizer.json"
+EXPORT_FILES = (WEIGHTS_FILE, EXTRAS_FILE, MODELING_FILE, BYTE_TOKENIZER_FILE, "config.json", "tokenizer.json",
+                "README.md", "__pycache__")  # what an export writes (and Python's cache of modeling_aero.py)
 
 
 def _choose_format(requested: str, c: ModelConfig) -> str:
@@ -44,7 +48,8 @@ def _choose_format(requested: str, c: ModelConfig) -> str:
 
 
 def check_replaceable(out: str, *, overwrite: bool, flag: str = "--out", protect: str = "") -> None:
-    """Refuse an OUT that exists (unless `overwrite` and it is a previous export) or that holds `protect`."""
+    """Refuse an OUT that exists (unless `overwrite` and it holds a previous export and nothing else) or that
+    holds `protect`."""
     out, protect = os.path.abspath(out), os.path.abspath(protect) if protect else ""
     if protect and (protect == out or protect.startswith(out + os.sep)):
         raise ConfigError(f"{flag}={out} holds the run {protect}; accepted: a folder outside the run")
@@ -55,6 +60,11 @@ def check_replaceable(out: str, *, overwrite: bool, flag: str = "--out", protect
     if not all(os.path.isfile(os.path.join(out, name)) for name in (WEIGHTS_FILE, "config.json")):
         raise ConfigError(f"{flag}={out} is not an export (no {WEIGHTS_FILE} and config.json); accepted: --overwrite "
                           f"of a folder aero-export wrote, or a new folder")
+    foreign = sorted(set(os.listdir(out)) - set(EXPORT_FILES))
+    if foreign:
+        raise ConfigError(f"{flag}={out} also holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, "
+                          f"which --overwrite would delete; accepted: a folder that holds only an export, or a new "
+                          f"folder")
 
 
 @contextlib.contextmanager
@@ -86,14 +96,43 @@ def staged_directory(out: str) -> Iterator[str]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def clean_after_dead_writers(out: str) -> None:
+    """What a killed writer of OUT left: its staging folder is removed, and a previous OUT it had moved aside (and
+    not yet replaced) is put back."""
+    out = os.path.abspath(out)
+    for leftover in sorted(glob.glob(f"{glob.escape(out)}.partial-*") + glob.glob(f"{glob.escape(out)}.previous-*")):
+        kind, _, pid = leftover[len(out) + 1:].partition("-")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "previous" and not os.path.exists(out):
+            os.rename(leftover, out)
+            console(f"put back {out}, moved aside by a process that was killed")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            console(f"removed {leftover}, left by a process that was killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def _save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None:
     from safetensors.numpy import save_file
+
+    from aero_jax.data.cache import follow_umask
 
     if dtype == "bfloat16":
         import ml_dtypes
 
         tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
+    follow_umask(path)  # safetensors writes 0600
 
 
 def aero_config(c: ModelConfig, provenance: dict) -> dict:
@@ -133,8 +172,7 @@ def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
     return "\n".join([
         f"# {provenance['architecture']}, exported by aero-jax", "",
         f"- Trained for {provenance['step']} steps in `{provenance['workdir']}`; validation perplexity "
-        f"{'not recorded' if perplexity is None else f'{perplexity:.3f}'} at step "
-        f"{provenance.get('summary_step', '-')}.",
+        f"{'not recorded at that step' if perplexity is None else f'{perplexity:.3f}'}.",
         f"- Size: {c.num_layers} layers, {c.num_heads} heads, d_model {c.d_model}, d_ff {c.d_ff}, vocabulary "
         f"{c.vocab_size}, context {c.max_len}.",
         f"- Layout: `{layout}` ({'GPT2LMHeadModel' if layout == 'hf' else 'modeling_aero.py'}), "
@@ -145,17 +183,18 @@ def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
         "```python", loader, "```", ""])
 
 
-def to_pytorch(workdir: str, out: str, *, step: int = 0, layout: str = "auto", dtype: str = "float32",
+def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: str = "auto", dtype: str = "float32",
                overwrite: bool = False) -> dict:
     """Export a run's checkpoint (newest, or `step`) to OUT in a layout (auto, hf, torch); returns what was written."""
     from aero_jax import data
-    from aero_jax.evaluate import restore_step
+    from aero_jax.evaluate import other_step_hint, restore_step
     from aero_jax.run_config import architecture_label, model_config_from
 
     if layout not in FORMATS:
         raise ConfigError(f"--format={layout} is invalid; accepted: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype={dtype} is invalid; accepted: {', '.join(DTYPES)}")
+    clean_after_dead_writers(out)
     check_replaceable(out, overwrite=overwrite, protect=workdir)  # before any work: nothing is read or written
     run = restore_step(workdir, step)
     c = model_config_from(run.config.model)
@@ -166,14 +205,11 @@ def to_pytorch(workdir: str, out: str, *, step: int = 0, layout: str = "auto", d
     broken = [name for name, value in plain.items() if not np.all(np.isfinite(value))]
     if broken:
         raise ConfigError(f"checkpoint {run.step} of {workdir} folds to non-finite values in {', '.join(broken[:3])} "
-                          f"(a zero spectral norm or LayerNorm scale); accepted: another checkpoint, --step N")
-    summary = {}
-    if os.path.exists(os.path.join(workdir, "summary.json")):
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
+                          f"(a zero spectral norm or LayerNorm scale); accepted: another checkpoint, "
+                          f"{other_step_hint(run.steps, run.step)}")
     provenance = {"architecture": architecture_label(run.config.model), "preset": run.config.model.preset,
                   "workdir": workdir, "step": run.step, "dtype": dtype,
-                  "validation_perplexity": summary.get("validation_perplexity"), "summary_step": summary.get("step")}
+                  "validation_perplexity": validation_perplexity_at(workdir, run.step)}
     with staged_directory(out) as staging:
         if layout == "hf":
             _save_tensors(hf.gpt2_tensors(plain, c), os.path.join(staging, WEIGHTS_FILE), dtype)
@@ -195,6 +231,14 @@ def to_pytorch(workdir: str, out: str, *, step: int = 0, layout: str = "auto", d
             "architecture": provenance["architecture"]}
 
 
+def validation_perplexity_at(workdir: str, step: int) -> Optional[float]:
+    """The validation perplexity the run logged at `step` (its newest evaluation there), or None."""
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return None
+    evaluations = [r for r in read_metrics(workdir) if r["kind"] == "eval" and r["step"] == step]
+    return evaluations[-1]["perplexity"] if evaluations else None
+
+
 def _export_command(args) -> None:
     result = to_pytorch(args.workdir, args.out, step=args.step, layout=args.format, dtype=args.dtype,
                         overwrite=args.overwrite)
@@ -206,7 +250,7 @@ def export_main(argv=None):
     parser = argparse.ArgumentParser(prog="aero-export", description="A trained run as PyTorch / Hugging Face files.")
     parser.add_argument("--workdir", required=True, help="the run directory written by aero-train")
     parser.add_argument("--out", required=True, help="the directory to write (must not exist without --overwrite)")
-    parser.add_argument("--step", type=int, default=0, help="the checkpoint step (default: the newest)")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the newest)")
     parser.add_argument("--format", default="auto", help="auto | hf (GPT2LMHeadModel) | torch (modeling_aero.py)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -237,6 +281,14 @@ def _read_gpt2_directory(checkpoint: str):
     return hf_config, tensors
 
 
+def _check_finite(tensors: Mapping[str, np.ndarray], checkpoint: str) -> None:
+    """Refuse a checkpoint with NaN or infinite weights, naming the first such tensor."""
+    for name, value in tensors.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise ConfigError(f"--checkpoint={checkpoint}: tensor {name} holds non-finite values (NaN or inf); "
+                              f"accepted: a checkpoint whose weights are all finite")
+
+
 def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = None) -> dict:
     """A GPT-2 checkpoint directory as an SM+LN+G (or +R) run directory (config.json, tokenizer.json, checkpoint at
     step 0) that aero-eval, aero-ln-substitute and aero-train (configs/from_workdir.py) accept.
@@ -258,6 +310,7 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     from aero_jax.workdir import write_text_atomically
 
     hf_config, tensors = _read_gpt2_directory(checkpoint)
+    _check_finite(tensors, checkpoint)
     preset, c = hf.model_config_from_gpt2(hf_config, f"--checkpoint={checkpoint}")
     params = jax.tree_util.tree_map(jnp.asarray, hf.gpt2_to_params(tensors, c, f"--checkpoint={checkpoint}"))
     tokenizer_source = os.path.join(checkpoint, "tokenizer.json")
@@ -265,6 +318,7 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     if not (os.path.isfile(tokenizer_source) or byte_level):
         raise ConfigError(f"--checkpoint={checkpoint} has no tokenizer.json; accepted: a GPT-2 directory with its "
                           f"tokenizer (evaluation and fine-tuning read text through it)")
+    clean_after_dead_writers(workdir)
     if os.path.exists(workdir):
         raise ConfigError(f"--workdir={workdir} already exists; accepted: a new folder")
     config = base_config()
