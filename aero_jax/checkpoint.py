@@ -30,7 +30,7 @@ from aero_jax.run_log import console
 
 CHECKSUMS = "checksums"
 DELETION_WAIT_S = 2.0  # how long a failed read waits to tell a checkpoint being deleted from a damaged one
-READ_ATTEMPTS = 5  # how many checkpoints a reader lets a training run delete under it before it gives up
+READ_PATIENCE_S = 60.0  # how long a reader goes on after a training run deleted what it read, before it gives up
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -98,7 +98,7 @@ class Checkpointer:
         the resumed run save that step again; a read-only Checkpointer leaves it where it is, and when
         a training run deletes the checkpoint it reads, it lists the steps again and reads the newest.
         """
-        tried, deletions = set(), 0
+        tried, patience = set(), time.monotonic() + READ_PATIENCE_S
         while True:
             left = [step for step in self.steps(reload=self.read_only) if step not in tried]
             if not left:
@@ -108,8 +108,7 @@ class Checkpointer:
             try:
                 state, meta = self.restore(step, like)
             except Exception as error:  # orbax raises many types for unreadable files
-                if self.read_only and deletions < READ_ATTEMPTS and self.deleted_while_read(step, newest_asked=True):
-                    deletions += 1
+                if self.read_only and time.monotonic() < patience and self.deleted_while_read(step, newest_asked=True):
                     continue
                 what = f"checkpoint at step {step} is unreadable ({type(error).__name__}: {short_reason(error)})"
                 if self.read_only:

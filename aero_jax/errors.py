@@ -11,9 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-import signal
 import sys
-import threading
 import traceback
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -98,10 +96,6 @@ def run_command(prog: str, body: Callable[[], None], *, verbose: bool, log_path:
     `context(error)` adds what the user needs to go on after a failed run (e.g. the last good checkpoint);
     `interrupted()` says what a Ctrl-C left behind.
     """
-    # Ctrl-C stops the command even where it started ignored (a script's background job), as the trainer's loop
-    # already honours it; otherwise a SIGINT outside that loop (setting up, between a study's runs) would be lost.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         body()
     except SystemExit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -10,7 +11,7 @@ import ml_collections
 from etils import epath
 
 from aero_jax import data
-from aero_jax.checkpoint import READ_ATTEMPTS, Checkpointer, short_reason
+from aero_jax.checkpoint import READ_PATIENCE_S, Checkpointer, short_reason
 from aero_jax.config import ConfigError
 from aero_jax.entropy import entropy_range_shares
 from aero_jax.errors import RunFailed
@@ -25,13 +26,13 @@ class RestoredRun(NamedTuple):
     model: AeroLM
     step: int
     state: TrainState
-    steps: Tuple[int, ...] = ()  # every saved step, as listed when this one was read
+    steps: Tuple[int, ...]  # every saved step, as listed when this one was read
 
 
 def other_step_hint(steps: Sequence[int], step: int) -> str:
-    """'e.g. --step N' with the newest other saved step, for a message that refuses `step`."""
+    """', e.g. --step N' with the newest other saved step, to end a message that refuses `step`."""
     others = [s for s in sorted(steps, reverse=True) if s != step]
-    return f"e.g. --step {others[0]}" if others else "this run has no other checkpoint"
+    return f", e.g. --step {others[0]}" if others else " (this run has no other)"
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -57,7 +58,7 @@ def restore_run(workdir: str) -> RestoredRun:
         raise ConfigError(f"workdir {workdir} has no readable checkpoint in {workdir}/checkpoints; accepted: a run "
                           f"directory with at least one saved step")
     step, state, _ = restored
-    return RestoredRun(config, model, step, jax.device_get(state))
+    return RestoredRun(config, model, step, jax.device_get(state), tuple(checkpointer.steps()))
 
 
 def restore_step(workdir: str, step: Optional[int] = None) -> RestoredRun:
@@ -65,7 +66,8 @@ def restore_step(workdir: str, step: Optional[int] = None) -> RestoredRun:
     silent fall-back to another. A running trainer may delete the step being read (it keeps only the newest few):
     then the newest step is read instead, or, for a step asked for, the steps that exist are named."""
     config, model, like, checkpointer = _restore_target(workdir)
-    for _ in range(READ_ATTEMPTS):
+    patience = time.monotonic() + READ_PATIENCE_S
+    while time.monotonic() < patience:
         steps = checkpointer.steps(reload=True)
         if not steps:
             raise ConfigError(f"workdir {workdir} has no checkpoint in {workdir}/checkpoints; accepted: a run "
@@ -79,11 +81,11 @@ def restore_step(workdir: str, step: Optional[int] = None) -> RestoredRun:
             if checkpointer.deleted_while_read(chosen, newest_asked=step is None):
                 continue
             raise ConfigError(f"checkpoint {chosen} of {workdir} is unusable ({type(error).__name__}: "
-                              f"{short_reason(error)}); accepted: a checkpoint that verifies, "
+                              f"{short_reason(error)}); accepted: a checkpoint that verifies"
                               f"{other_step_hint(steps, chosen)}") from error
         return RestoredRun(config, model, chosen, jax.device_get(state), tuple(steps))
-    raise RunFailed(f"the checkpoints of {workdir} were deleted faster than they could be read "
-                    f"({READ_ATTEMPTS} tries); accepted: a run that keeps more checkpoints (train.keep_checkpoints)")
+    raise RunFailed(f"the checkpoints of {workdir} were deleted faster than they could be read for "
+                    f"{READ_PATIENCE_S:.0f} s; rerun, or train with more train.keep_checkpoints")
 
 
 def saved_params(workdir: str) -> List[Tuple[int, dict]]:

@@ -154,7 +154,8 @@ def main(argv=None):
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--out", default="")
     argparse_main("aero-report", parser, lambda args: print(
-        "\n".join(f"{name}: {path}" for name, path in report(args.workdirs, args.out).items())), argv)
+        "\n".join(f"{name}: {path}" for name, path in report(args.workdirs, args.out).items())), argv,
+                  interrupted=lambda: "the report's files written so far may be incomplete; rerun to write them all")
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _integer(name: str, value, *, minimum: int, maximum: float = math.inf) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-        accepted = ("a positive integer" if minimum == 1 else f"an integer >= {minimum}") + \
-            (f" and <= {maximum}" if maximum < math.inf else "")
+        accepted = (f"an integer in [{minimum}, {maximum}]" if maximum < math.inf else
+                    "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
         raise ConfigError(f"{name}={value!r} is invalid; accepted: {accepted}")
 
 

@@ -6,6 +6,7 @@ own GCS writer). Remote object stores cannot append, so there metrics.jsonl is r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -27,9 +28,13 @@ def _plain(value):
 
 
 def read_metrics(workdir: str):
-    """Every record of a run's metrics.jsonl, in order."""
-    text = (epath.Path(workdir) / METRICS_FILE).read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """Every record of a run's metrics.jsonl, in order; a last line a running trainer is still writing is left out."""
+    lines = [line for line in (epath.Path(workdir) / METRICS_FILE).read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(lines[-1]))
+    return records
 
 
 class RunLog:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -156,12 +157,16 @@ def load_study(spec: str) -> Study:
 
 
 def _call_file(path: str, function: str, what: str, accepted: str):
-    """`function` of a file named as --config names it; a file that cannot be read or parsed, or that lacks
-    `function`, is bad input, refused in one line naming `what`."""
+    """`function` of a file named as --config names it; a file that cannot be read or parsed, that lacks
+    `function`, or whose `function` refuses its variant, is bad input, refused in one line naming `what`."""
     from aero_jax.cli import load_config_file  # the same loader as --config
 
     try:
         return load_config_file(path, function=function)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:  # e.g. an unknown variant, or no variant parameter
+        raise ConfigError(f"{what}: {type(error).__name__}: {error}; accepted: {accepted}") from error
     except (OSError, SyntaxError, AttributeError) as error:
         if isinstance(error, AttributeError) and error.name != function:
             raise  # raised inside `function`: the file's own failure
@@ -288,8 +293,8 @@ def run_all(study: Study, root: str) -> Dict[Tuple[str, int], dict]:
         state = "finished" if summary else "training"
         print(f"[{index}/{len(jobs)}] {run.name} seed {seed} ({run.preset}): {state} in {workdir}", flush=True)
         summaries[(run.name, seed)] = summary or _train_or_diverge(config, workdir)
-        if summaries[(run.name, seed)].get("stopped_by_signal"):
-            raise ConfigError(f"run {run.name} seed {seed} was stopped by a signal; rerun the same command to resume")
+        if summaries[(run.name, seed)].get("stopped_by_signal"):  # it saved its checkpoint: end as Ctrl-C does
+            raise KeyboardInterrupt
     return summaries
 
 
@@ -753,6 +758,9 @@ def main(argv=None):
     from aero_jax import figures
 
     figures.files_only()
+    # Ctrl-C stops the study even where it started ignored (a script's background job), as the trainer's loop
+    # honours it: otherwise a SIGINT between runs (setting up the next) would be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="aero-study", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="a study file, e.g. studies/paper_claims.py[:variant]")
     parser.add_argument("--out", default="docs/results", help="figures and the report; the page is OUT.md")

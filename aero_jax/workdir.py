@@ -56,7 +56,10 @@ def make_workdir(workdir: str) -> epath.Path:
 
 
 def check_output_folder(folder: str, *, flag: str) -> None:
-    """Refuse a folder that could not be made or written, creating nothing (a dry run refuses what a run would)."""
+    """Refuse a local folder that could not be made or written, creating nothing (a dry run refuses what a run
+    would); a bucket (gs://) is left to its first write."""
+    if "://" in folder:
+        return
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):  # the folder, or the parent it would be made in
         existing = os.path.dirname(existing)

@@ -4,6 +4,7 @@ import contextlib
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -34,6 +35,13 @@ def assert_one_line(result, prog, status, *expected):
     assert lines[0].startswith(f"{prog}: ") and "Traceback" not in lines[0], lines[0]
     for text in expected:
         assert text in lines[0], lines[0]
+
+
+def dead_writer() -> str:
+    """'<this host>-<pid>' of a process that has ended, as the folders a killed export or import leaves name it."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return f"{socket.gethostname()}-{process.pid}"
 
 
 BUCKET = "gs://test-bucket"

@@ -115,12 +115,14 @@ def test_stale_temporaries_are_removed_and_other_keys_untouched(tmp_path):
 def test_temporaries_of_other_keys_are_removed_unless_being_built(tmp_path):
     cached_array(tmp_path, {**KEY, "split": "validation"}, Builder(4), name="tokens")
     abandoned = tmp_path / ".tokens-0123456789abcdef.npy.x1.tmp"  # a key no longer asked for, killed mid-build
+    (tmp_path / "tokens-0123456789abcdef.lock").touch()
     building = tmp_path / ".tokens-fedcba9876543210.npy.x2.tmp"
-    abandoned.write_bytes(b"half an array")
-    building.write_bytes(b"a quarter")
+    foreign = tmp_path / ".tokenizer.json.x3.tmp"  # another program's atomic write into the same folder
+    for path in (abandoned, building, foreign):
+        path.write_bytes(b"part of a file")
     with cache.exclusive_lock(str(tmp_path / "tokens-fedcba9876543210.lock")):  # another builder holds its key
         cached_array(tmp_path, KEY, Builder(1), name="tokens")
-    assert not abandoned.exists() and building.exists()
+    assert not abandoned.exists() and building.exists() and foreign.exists()
 
 
 @pytest.mark.parametrize(

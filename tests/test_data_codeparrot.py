@@ -105,7 +105,7 @@ DAMAGED = {  # id: (format, the damaged second validation file from the good one
     "cut-short gzip": (".jsonl.gz", lambda good: good[:len(good) // 2],
                        ["data-00001.jsonl.gz is damaged after 0 lines (EOFError: ", "download it again"]),
     "not UTF-8": (".jsonl", lambda good: b'{"content": "x"}\n{"content": "\xff"}\n',
-                  ["data-00001.jsonl line 2 is not UTF-8 (byte 0xff at column 14)", "accepted: JSON lines in UTF-8"]),
+                  ["data-00001.jsonl line 2 is not UTF-8 (byte 0xff at byte 14 of the line)", "accepted: JSON lines in UTF-8"]),
     "null content": (".jsonl", lambda good: b'{"content": "x"}\n{"content": null}\n',
                      ["data-00001.jsonl line 2 has 'content': null", "accepted: records with a string 'content'"]),
     "number content": (".jsonl", lambda good: b'{"content": 12345}\n',

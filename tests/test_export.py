@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_one_line, run_script, small_config
+from conftest import assert_one_line, dead_writer, run_script, small_config
 
 torch = pytest.importorskip("torch")
 from safetensors.numpy import load_file, save_file  # noqa: E402
@@ -349,9 +349,12 @@ def test_bad_imports_are_refused_in_one_line(trained, corpus, tmp_path):
     foreign = tmp_path / "foreign"
     assert run_script("aero-export", "--workdir", trained["SM+LN+G"], "--out", foreign, "--format", "torch"
                     ).returncode == 0
+    killed = tmp_path / f"w1.partial-{dead_writer()}"  # an import killed with -9
+    killed.mkdir()
     assert_one_line(run_script("aero-import-hf", "--checkpoint", foreign, "--workdir", tmp_path / "w1"),
                     "aero-import-hf", 2,
                     "model_type='aero'", "accepted: 'gpt2'")
+    assert not killed.exists()
     resized = tmp_path / "resized"
     resized.mkdir()
     for name in ("model.safetensors", "tokenizer.json"):

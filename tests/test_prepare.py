@@ -114,12 +114,25 @@ def test_training_after_prepare_data_tokenizes_nothing(tmp_path, where):
               f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.cache_dir={cache_dir}",
               "--config.data.packing=concat", "--config.model.max_len=8"]
     train = [*config, f"--workdir={tmp_path / 'run'}", "--config.train.num_steps=1"]
-    if where == "bucket":
-        prepared = _in_a_bucket("aero-prepare-data", "prepare_data", tmp_path / "bucket", *config, home=tmp_path / "h0")
-        trained = _in_a_bucket("aero-train", "train", tmp_path / "bucket", *train, home=tmp_path / "h1")
-    else:
-        prepared, trained = run_script("aero-prepare-data", *config), run_script("aero-train", *train)
-    assert prepared.returncode == 0 and "tokenizing" in prepared.stderr, prepared.stderr[-2000:]
-    assert trained.returncode == 0 and "tokenizing" not in trained.stderr, trained.stderr[-2000:]
-    arrays = sorted(path.name for path in tmp_path.rglob("codeparrot_ds_*.npy"))
-    assert len(set(arrays)) == 2, arrays  # one key per split (a bucket's entries have a copy on each host)
+
+    def command(prog, entry, args, host):
+        if where == "bucket":  # each command on a host of its own, reading the bucket through its own copy
+            return _in_a_bucket(prog, entry, tmp_path / "bucket", *args, home=tmp_path / host)
+        return run_script(prog, *args)
+
+    prepared = command("aero-prepare-data", "prepare_data", config, "host0")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    written = _cache_files(tmp_path)
+    trained = command("aero-train", "train", train, "host1")
+    assert trained.returncode == 0, trained.stderr[-2000:]  # a bucket's reader fails when the bucket has no entry
+    after = _cache_files(tmp_path)
+    assert set(after) == set(written)  # no other key: nothing tokenized again
+    assert all(set(written[name]) <= set(after[name]) for name in written)  # nothing rewritten
+
+
+def _cache_files(root):
+    """{name: {(path, inode, mtime)}} of every cached split under root: each host's copy and the bucket's."""
+    files = {}
+    for path in root.rglob("codeparrot_ds_*.npy"):
+        files.setdefault(path.name, set()).add((str(path), path.stat().st_ino, path.stat().st_mtime_ns))
+    return files

@@ -34,7 +34,7 @@ from aero_jax.export import to_pytorch
 from aero_jax.run_config import architecture_label, base_config, model_section, validate
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Trainer
-from conftest import BIN, assert_one_line, run_script, small_config
+from conftest import BIN, assert_one_line, dead_writer, run_script, small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
@@ -560,26 +560,21 @@ def test_a_damaged_step_names_a_real_step_to_try(finished, tmp_path):
     with pytest.raises(ConfigError, match=r"checkpoint 8 of .* is unusable .*e\.g\. --step 4$"):
         restore_step(str(run), 8)
     shutil.rmtree(run / "checkpoints" / "4")
-    with pytest.raises(ConfigError, match="this run has no other checkpoint$"):
+    with pytest.raises(ConfigError, match=r"accepted: a checkpoint that verifies \(this run has no other\)$"):
         restore_step(str(run))
 
 
-def _dead_pid() -> int:
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
-
-
 def test_an_export_carries_its_own_step_and_mode_and_cleans_what_killed_exports_left(finished, tmp_path):
-    out, dead = tmp_path / "export", _dead_pid()
+    out, dead = tmp_path / "export", dead_writer()
     (tmp_path / f"export.partial-{dead}").mkdir()  # a kill -9 during a write
+    (tmp_path / "export.partial-elsewhere-1").mkdir()  # another host's writer, which this host cannot judge
     evaluations = {r["step"]: r["perplexity"] for r in read_metrics(finished) if r["kind"] == "eval"}
     previous = os.umask(0o022)
     try:
         to_pytorch(str(finished), str(out), step=4)
     finally:
         os.umask(previous)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "export.partial-elsewhere-1"]
     assert json.loads((out / "config.json").read_text())["aero"]["validation_perplexity"] == evaluations[4] != \
         evaluations[8]
     assert f"validation perplexity {evaluations[4]:.3f}." in (out / "README.md").read_text()

@@ -278,12 +278,13 @@ def write_atomically(path: str, write: Callable):
     return written
 
 
-_TEMPORARY = re.compile(r"\.(?P<stem>[A-Za-z0-9_-]+)\.(npy|json)\..+\.tmp")
+_TEMPORARY = re.compile(r"\.(?P<stem>[A-Za-z0-9_-]+-[0-9a-f]{16})\.(npy|json)\..+\.tmp")  # of a cache entry
 
 
 def _remove_stale_temporaries(stem: str) -> None:
     """Delete the temporary files crashed builds left: of this key (we hold its lock), and of any other key
-    in the folder that no process is building (its lock is free), e.g. one a changed key made obsolete."""
+    in the folder that no process is building (its lock exists and is free), e.g. one a changed key made
+    obsolete."""
     folder, base = os.path.split(stem)
     for entry in os.listdir(folder):
         match = _TEMPORARY.fullmatch(entry)
@@ -293,11 +294,12 @@ def _remove_stale_temporaries(stem: str) -> None:
 
 
 def _lock_is_free(lock_path: str) -> bool:
-    """True when no process holds the flock on `lock_path` (taken and released at once to find out)."""
+    """True when no process holds the flock on `lock_path` (taken and released at once to find out); a lock
+    file that is missing or unreadable is not known to be free."""
     try:
         f = open(lock_path, "rb")
-    except FileNotFoundError:
-        return True
+    except OSError:
+        return False
     with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -206,8 +206,8 @@ def _record(line: bytes, path: str, number: int):
     try:
         return json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{path} line {number} is not UTF-8 (byte {line[error.start]:#04x} at column "
-                          f"{error.start + 1}); accepted: JSON lines in UTF-8") from error
+        raise ConfigError(f"{path} line {number} is not UTF-8 (byte {line[error.start]:#04x} at byte "
+                          f"{error.start + 1} of the line); accepted: JSON lines in UTF-8") from error
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path} line {number} is not JSON ({error.msg}); accepted: one JSON object per "
                           f"line") from error

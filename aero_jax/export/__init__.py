@@ -18,15 +18,17 @@ import glob
 import json
 import os
 import shutil
+import socket
 from importlib import resources
 from typing import Dict, Iterator, Mapping, Optional
 
 import numpy as np
+from etils import epath
 
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.errors import argparse_main
 from aero_jax.export import fold, hf
-from aero_jax.run_log import console, read_metrics
+from aero_jax.run_log import METRICS_FILE, read_metrics
 
 FORMATS = ("auto", "hf", "torch")
 DTYPES = ("float32", "bfloat16")
@@ -77,7 +79,8 @@ def staged_directory(out: str) -> Iterator[str]:
         os.makedirs(parent, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"cannot write to {parent} ({error.strerror}); accepted: a writable folder") from error
-    staging, previous = f"{out}.partial-{os.getpid()}", f"{out}.previous-{os.getpid()}"
+    writer = f"{socket.gethostname()}-{os.getpid()}"  # a folder shared by hosts: only this host's are judged here
+    staging, previous = f"{out}.partial-{writer}", f"{out}.previous-{writer}"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
@@ -86,7 +89,7 @@ def staged_directory(out: str) -> Iterator[str]:
             os.rename(out, previous)
             try:
                 os.rename(staging, out)
-            except OSError:
+            except BaseException:  # a failed rename or a Ctrl-C between the two: the previous OUT goes back
                 os.rename(previous, out)
                 raise
             shutil.rmtree(previous)
@@ -97,19 +100,18 @@ def staged_directory(out: str) -> Iterator[str]:
 
 
 def clean_after_dead_writers(out: str) -> None:
-    """What a killed writer of OUT left: its staging folder is removed, and a previous OUT it had moved aside (and
-    not yet replaced) is put back."""
+    """What a killed writer of OUT on this host left: its staging folder is removed, and a previous OUT it had moved
+    aside (and not yet replaced) is put back."""
     out = os.path.abspath(out)
     for leftover in sorted(glob.glob(f"{glob.escape(out)}.partial-*") + glob.glob(f"{glob.escape(out)}.previous-*")):
-        kind, _, pid = leftover[len(out) + 1:].partition("-")
-        if not pid.isdigit() or _alive(int(pid)):
+        kind, _, writer = leftover[len(out) + 1:].partition("-")
+        host, _, pid = writer.rpartition("-")
+        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
             continue
         if kind == "previous" and not os.path.exists(out):
             os.rename(leftover, out)
-            console(f"put back {out}, moved aside by a process that was killed")
         else:
             shutil.rmtree(leftover, ignore_errors=True)
-            console(f"removed {leftover}, left by a process that was killed")
 
 
 def _alive(pid: int) -> bool:
@@ -205,7 +207,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
     broken = [name for name, value in plain.items() if not np.all(np.isfinite(value))]
     if broken:
         raise ConfigError(f"checkpoint {run.step} of {workdir} folds to non-finite values in {', '.join(broken[:3])} "
-                          f"(a zero spectral norm or LayerNorm scale); accepted: another checkpoint, "
+                          f"(a zero spectral norm or LayerNorm scale); accepted: another checkpoint"
                           f"{other_step_hint(run.steps, run.step)}")
     provenance = {"architecture": architecture_label(run.config.model), "preset": run.config.model.preset,
                   "workdir": workdir, "step": run.step, "dtype": dtype,
@@ -233,7 +235,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
 
 def validation_perplexity_at(workdir: str, step: int) -> Optional[float]:
     """The validation perplexity the run logged at `step` (its newest evaluation there), or None."""
-    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    if not (epath.Path(workdir) / METRICS_FILE).exists():  # local or gs://
         return None
     evaluations = [r for r in read_metrics(workdir) if r["kind"] == "eval" and r["step"] == step]
     return evaluations[-1]["perplexity"] if evaluations else None
@@ -284,7 +286,7 @@ def _read_gpt2_directory(checkpoint: str):
 def _check_finite(tensors: Mapping[str, np.ndarray], checkpoint: str) -> None:
     """Refuse a checkpoint with NaN or infinite weights, naming the first such tensor."""
     for name, value in tensors.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+        if value.dtype.kind not in "biu" and not np.all(np.isfinite(value.astype(np.float32))):
             raise ConfigError(f"--checkpoint={checkpoint}: tensor {name} holds non-finite values (NaN or inf); "
                               f"accepted: a checkpoint whose weights are all finite")
 
@@ -309,6 +311,7 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     from aero_jax.train_step import create_train_state
     from aero_jax.workdir import write_text_atomically
 
+    clean_after_dead_writers(workdir)
     hf_config, tensors = _read_gpt2_directory(checkpoint)
     _check_finite(tensors, checkpoint)
     preset, c = hf.model_config_from_gpt2(hf_config, f"--checkpoint={checkpoint}")
@@ -318,7 +321,6 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     if not (os.path.isfile(tokenizer_source) or byte_level):
         raise ConfigError(f"--checkpoint={checkpoint} has no tokenizer.json; accepted: a GPT-2 directory with its "
                           f"tokenizer (evaluation and fine-tuning read text through it)")
-    clean_after_dead_writers(workdir)
     if os.path.exists(workdir):
         raise ConfigError(f"--workdir={workdir} already exists; accepted: a new folder")
     config = base_config()
