@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 import sys
-from typing import List, Mapping, Optional
+from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 from etils import epath
@@ -35,6 +35,15 @@ def read_metrics(workdir: str):
         with contextlib.suppress(json.JSONDecodeError):
             records.append(json.loads(lines[-1]))
     return records
+
+
+def metric_series(workdir: str, kind: str, key: str) -> Tuple[List[int], List]:
+    """(steps, values) of one metric of a run's metrics.jsonl records of a kind ("train" or "eval"); none without
+    the file."""
+    if not (epath.Path(workdir) / METRICS_FILE).exists():  # local or gs://
+        return [], []
+    records = [r for r in read_metrics(workdir) if r["kind"] == kind and r.get(key) is not None]
+    return [r["step"] for r in records], [r[key] for r in records]
 
 
 class RunLog:

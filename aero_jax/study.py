@@ -31,6 +31,7 @@ from aero_jax import presets
 from aero_jax.config import ConfigError
 from aero_jax.errors import argparse_main
 from aero_jax.run_config import SIZE_FIELDS, model_config_from, validate, with_preset
+from aero_jax.run_log import metric_series
 from aero_jax.workdir import check_output_folder, write_text_atomically
 
 STUDY_FILE = "study.json"  # in OUT: which study the folder holds
@@ -495,16 +496,6 @@ def substitute_lines(study: Study, claim: SubstituteClaim, root: str, out: str) 
 
 def run_named(study: Study, name: str) -> RunSpec:
     return next(r for r in study.runs if r.name == name)
-
-
-def metric_series(workdir: str, kind: str, key: str) -> Tuple[List[int], List]:
-    """(steps, values) of one metric of a run's metrics.jsonl records of a kind ("train" or "eval")."""
-    from aero_jax.run_log import read_metrics
-
-    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        return [], []
-    records = [r for r in read_metrics(workdir) if r["kind"] == kind and r.get(key) is not None]
-    return [r["step"] for r in records], [r[key] for r in records]
 
 
 def per_layer_series(workdirs: Mapping[str, str], metric: str) -> Dict[str, Tuple[List[int], np.ndarray]]:

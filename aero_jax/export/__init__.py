@@ -23,12 +23,11 @@ from importlib import resources
 from typing import Dict, Iterator, Mapping, Optional
 
 import numpy as np
-from etils import epath
 
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.errors import argparse_main
 from aero_jax.export import fold, hf
-from aero_jax.run_log import METRICS_FILE, read_metrics
+from aero_jax.run_log import metric_series
 
 FORMATS = ("auto", "hf", "torch")
 DTYPES = ("float32", "bfloat16")
@@ -235,10 +234,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
 
 def validation_perplexity_at(workdir: str, step: int) -> Optional[float]:
     """The validation perplexity the run logged at `step` (its newest evaluation there), or None."""
-    if not (epath.Path(workdir) / METRICS_FILE).exists():  # local or gs://
-        return None
-    evaluations = [r for r in read_metrics(workdir) if r["kind"] == "eval" and r["step"] == step]
-    return evaluations[-1]["perplexity"] if evaluations else None
+    return dict(zip(*metric_series(workdir, "eval", "perplexity"))).get(step)  # a later record of a step wins
 
 
 def _export_command(args) -> None:
@@ -286,7 +282,7 @@ def _read_gpt2_directory(checkpoint: str):
 def _check_finite(tensors: Mapping[str, np.ndarray], checkpoint: str) -> None:
     """Refuse a checkpoint with NaN or infinite weights, naming the first such tensor."""
     for name, value in tensors.items():
-        if value.dtype.kind not in "biu" and not np.all(np.isfinite(value.astype(np.float32))):
+        if value.dtype.kind not in "biu" and not np.all(np.isfinite(value.astype(np.float32, copy=False))):
             raise ConfigError(f"--checkpoint={checkpoint}: tensor {name} holds non-finite values (NaN or inf); "
                               f"accepted: a checkpoint whose weights are all finite")
 
