@@ -30,6 +30,7 @@ from aero_jax.data import cache
 from aero_jax.data.stdlib import prepare_stdlib
 from aero_jax.errors import classify
 from aero_jax.evaluate import restore_run, restore_step
+from aero_jax import export as export_module
 from aero_jax.export import to_pytorch
 from aero_jax.run_config import architecture_label, base_config, model_section, validate
 from aero_jax.run_log import read_metrics
@@ -584,6 +585,22 @@ def test_an_export_carries_its_own_step_and_mode_and_cleans_what_killed_exports_
     with pytest.raises(ConfigError, match="again already exists"):
         to_pytorch(str(finished), str(tmp_path / "again"))
     assert (tmp_path / "again" / "model.safetensors").is_file() and not moved_aside.exists()
+
+
+def test_a_second_export_to_the_same_new_folder_keeps_what_the_first_wrote(finished, tmp_path, monkeypatch):
+    out = tmp_path / "export"
+    original = export_module._write_tokenizer
+
+    def while_another_export_finishes_first(tokenizer, staging):
+        original(tokenizer, staging)
+        out.mkdir()
+        (out / "model.safetensors").write_text("the other export's")
+
+    monkeypatch.setattr(export_module, "_write_tokenizer", while_another_export_finishes_first)
+    with pytest.raises(ConfigError, match="was written by another process meanwhile and is kept"):
+        to_pytorch(str(finished), str(out))
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+    assert (out / "model.safetensors").read_text() == "the other export's"
 
 
 def test_overwrite_refuses_an_export_folder_that_holds_other_files(finished, tmp_path):

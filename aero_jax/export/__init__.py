@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -69,9 +70,10 @@ def check_replaceable(out: str, *, overwrite: bool, flag: str = "--out", protect
 
 
 @contextlib.contextmanager
-def staged_directory(out: str) -> Iterator[str]:
-    """A temporary sibling of OUT to write into, renamed to OUT only when everything is written; an existing OUT
-    (see check_replaceable) is replaced only then, and put back if that rename fails."""
+def staged_directory(out: str, *, replace: bool, flag: str) -> Iterator[str]:
+    """A temporary sibling of OUT to write into, renamed to OUT only when everything is written. With `replace`, an
+    existing OUT (see check_replaceable) is replaced only then, and put back if that rename fails; without it, an
+    OUT that another process wrote meanwhile is refused, never replaced."""
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     try:
@@ -84,7 +86,7 @@ def staged_directory(out: str) -> Iterator[str]:
     os.makedirs(staging)
     try:
         yield staging
-        if os.path.exists(out):
+        if replace and os.path.exists(out):
             os.rename(out, previous)
             try:
                 os.rename(staging, out)
@@ -93,9 +95,19 @@ def staged_directory(out: str) -> Iterator[str]:
                 raise
             shutil.rmtree(previous)
         else:
-            os.rename(staging, out)
+            _rename_to_new(staging, out, flag)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rename_to_new(staging: str, out: str, flag: str) -> None:
+    try:
+        os.rename(staging, out)
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        raise ConfigError(f"{flag}={out} was written by another process meanwhile and is kept; accepted: a new "
+                          f"folder") from error
 
 
 def clean_after_dead_writers(out: str) -> None:
@@ -211,7 +223,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
     provenance = {"architecture": architecture_label(run.config.model), "preset": run.config.model.preset,
                   "workdir": workdir, "step": run.step, "dtype": dtype,
                   "validation_perplexity": validation_perplexity_at(workdir, run.step)}
-    with staged_directory(out) as staging:
+    with staged_directory(out, replace=overwrite, flag="--out") as staging:
         if layout == "hf":
             _save_tensors(hf.gpt2_tensors(plain, c), os.path.join(staging, WEIGHTS_FILE), dtype)
             config = {**hf.gpt2_config(c, eot_id=tokenizer.eot_id), "aero": provenance}
@@ -331,7 +343,7 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     model, _, optimizer = build(config)
     state = create_train_state(model, optimizer, jax.random.key(config.seed))
     state = state.replace(params=params, opt_state=optimizer.init(params))
-    with staged_directory(workdir) as staging:  # a failed import leaves no half-written run behind
+    with staged_directory(workdir, replace=False, flag="--workdir") as staging:  # a failed import leaves nothing
         if not byte_level:
             shutil.copyfile(tokenizer_source, os.path.join(staging, "tokenizer.json"))
         checkpointer = Checkpointer(os.path.join(staging, "checkpoints"))
