@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
 
-.PHONY: train test test-slow test-tpu bench results clean
+.PHONY: train test test-slow test-tpu bench results results-deep clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-tpu: $(TPU_BIN)/.installed
 # The reproduction study (studies/paper_claims.py): its runs, resumed where they stopped, then docs/results.md.
 results: $(BIN)/.installed
 	$(BIN)/aero-study --spec studies/paper_claims.py --out docs/results
+
+# The same claims at the papers' depth (L=12), where their failure modes can appear: docs/results_deep.md.
+results-deep: $(BIN)/.installed
+	$(BIN)/aero-study --spec studies/paper_claims.py:deep --out docs/results_deep
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/step_throughput.py

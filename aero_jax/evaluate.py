@@ -18,7 +18,7 @@ from aero_jax.errors import RunFailed
 from aero_jax.model import AeroLM
 from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, create_train_state
-from aero_jax.trainer import CONFIG_FILE, build, evaluate_rows, load_data
+from aero_jax.trainer import CONFIG_FILE, build, describe_evaluation_rows, evaluate_rows, load_data
 
 
 class RestoredRun(NamedTuple):
@@ -100,15 +100,27 @@ def run_data(config: ml_collections.ConfigDict, seq_len: int):
     return load_data(config, tokenizer, seq_len)
 
 
-def evaluate_workdir(workdir: str, *, batch_size: int = 0) -> dict:
-    """Validation loss, perplexity and entropy shares of the newest readable checkpoint."""
+def run_evaluation(run: RestoredRun, val_rows, params=None, model_state=None, model=None) -> dict:
+    """`evaluate_rows` over the run's own evaluation rows (its train.eval_batch_size and train.eval_batches):
+    the perplexity its summary reports, for its weights or for `params` (a fine-tune, a substitute)."""
+    t = run.config.train
+    return evaluate_rows(run.state.params if params is None else params,
+                         run.state.model_state if model_state is None else model_state, val_rows,
+                         model=model or run.model, batch_size=t.eval_batch_size, max_batches=t.eval_batches)
+
+
+def evaluate_workdir(workdir: str) -> dict:
+    """Validation loss, perplexity and entropy shares of the newest readable checkpoint, over the run's own
+    evaluation rows: at the run's last step, the numbers of its summary.json."""
     run = restore_run(workdir)
     _, val_rows = run_data(run.config, run.model.config.max_len)
-    result = evaluate_rows(run.state.params, run.state.model_state, val_rows, model=run.model,
-                           batch_size=batch_size or run.config.train.eval_batch_size, max_batches=0)
+    result = run_evaluation(run, val_rows)
+    t = run.config.train
     out = {"workdir": workdir, "step": run.step, "architecture": architecture_label(run.config.model),
            "validation_loss": result["loss"], "validation_perplexity": result["perplexity"],
-           "tokens": result["tokens"]}
+           "tokens": result["tokens"],
+           "validation_rows": describe_evaluation_rows(len(val_rows), batch_size=t.eval_batch_size,
+                                                       max_batches=t.eval_batches)}
     if "head_entropy" in result:
         out["head_entropy"] = result["head_entropy"].tolist()
         out["entropy_range_shares"] = entropy_range_shares(result["head_entropy"]).tolist()

@@ -25,14 +25,14 @@ from etils import epath
 from aero_jax import data
 from aero_jax.config import NORM_GROUPS, ConfigError, ModelConfig
 from aero_jax.errors import argparse_main
-from aero_jax.evaluate import restore_run, run_data
+from aero_jax.evaluate import restore_run, run_data, run_evaluation
 from aero_jax.layers import LN_CALIBRATION, LN_STD_NAME
 from aero_jax.model import AeroLM
 from aero_jax.optim import adamw
 from aero_jax.pi.cost import pi_cost
 from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, jit_train_step
-from aero_jax.trainer import evaluate_rows
+from aero_jax.trainer import describe_evaluation_rows
 from aero_jax.workdir import make_output_folder
 
 
@@ -133,43 +133,57 @@ def _collections(model_state, calibration):
     return {**model_state, **({LN_CALIBRATION: calibration} if calibration else {})}
 
 
+def finetune(model: AeroLM, params, model_state, train_rows: np.ndarray, *, steps: int, lr: float, seed: int,
+             batch_size: int):
+    """(params, model_state) after `steps` steps of AdamW at a constant `lr` on the training rows: the
+    substitute's short fine-tune, and the same steps for the LayerNorm model it is compared with."""
+    tuner = adamw(lr, weight_decay=0.0)
+    params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the step donates its state
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                       opt_state=tuner.init(params), lr_scale=jnp.ones((), jnp.float32))
+    step = jit_train_step(model, tuner)
+    for s in range(steps):
+        indices = data.batch_indices(seed + 1, s, batch_size, len(train_rows))
+        state, _ = step(state, jnp.asarray(train_rows[indices], jnp.int32))
+    return state.params, state.model_state
+
+
 def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_steps: int = 0,
                       finetune_lr: float = 1e-4) -> dict:
-    """Perplexity with LayerNorm, with the substitute, folded, after fine-tuning; and the PI cost."""
+    """Perplexity with LayerNorm, with the substitute, folded, after fine-tuning (and, for a fair comparison, of
+    the LayerNorm model after the same fine-tune); and the PI cost. Every perplexity is the run's own evaluation
+    (its summary's rows)."""
     run = restore_run(workdir)
     config, model = run.config, run.model
     label = architecture_label(config.model)
     params, model_state = run.state.params, run.state.model_state
     train_rows, val_rows = run_data(config, model.config.max_len)
-    batch = config.train.eval_batch_size
-    evaluate = functools.partial(evaluate_rows, rows_NxT=val_rows, batch_size=batch, max_batches=0)
 
-    calibration = calibrate(model, params, train_rows, batch_size=batch, batches=calibration_batches,
-                            model_state=model_state)
+    def perplexity(params, model_state, model) -> float:
+        return run_evaluation(run, val_rows, params, model_state, model)["perplexity"]
+
+    calibration = calibrate(model, params, train_rows, batch_size=config.train.eval_batch_size,
+                            batches=calibration_batches, model_state=model_state)
     frozen = AeroLM(model.config.replace(ln_frozen=True))
     folded_config, folded_params, folded_calibration = fold(model.config, params, calibration)
     result = {
         "workdir": workdir, "architecture": label, "step": run.step,
-        "perplexity_with_layernorm": evaluate(params, model_state, model=model)["perplexity"],
-        "perplexity_substitute": evaluate(params, {**model_state, LN_CALIBRATION: calibration}, model=frozen)[
-            "perplexity"],
-        "perplexity_folded": evaluate(folded_params, _collections(model_state, folded_calibration),
-                                      model=AeroLM(folded_config))["perplexity"],
+        "validation_rows": describe_evaluation_rows(len(val_rows), batch_size=config.train.eval_batch_size,
+                                                    max_batches=config.train.eval_batches),
+        "perplexity_with_layernorm": perplexity(params, model_state, model),
+        "perplexity_substitute": perplexity(params, {**model_state, LN_CALIBRATION: calibration}, frozen),
+        "perplexity_folded": perplexity(folded_params, _collections(model_state, folded_calibration),
+                                        AeroLM(folded_config)),
         "pi_cost_with_layernorm": pi_cost(model.config, name=label),
         "pi_cost_substitute": pi_cost(folded_config, name=f"{label}, LN substitute"),
     }
     if finetune_steps > 0:
-        tuner = adamw(finetune_lr, weight_decay=0.0)
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           model_state={**model_state, LN_CALIBRATION: calibration},
-                           opt_state=tuner.init(params), lr_scale=jnp.ones((), jnp.float32))
-        step = jit_train_step(frozen, tuner)
-        for s in range(finetune_steps):
-            indices = data.batch_indices(config.seed + 1, s, config.train.batch_size, len(train_rows))
-            state, _ = step(state, jnp.asarray(train_rows[indices], jnp.int32))
+        tune = functools.partial(finetune, train_rows=train_rows, steps=finetune_steps, lr=finetune_lr,
+                                 seed=config.seed, batch_size=config.train.batch_size)
         result["finetune_steps"] = finetune_steps
-        result["perplexity_substitute_finetuned"] = evaluate(state.params, state.model_state, model=frozen)[
-            "perplexity"]
+        result["perplexity_substitute_finetuned"] = perplexity(
+            *tune(frozen, params, {**model_state, LN_CALIBRATION: calibration}), frozen)
+        result["perplexity_with_layernorm_finetuned"] = perplexity(*tune(model, params, model_state), model)
     return result
 
 

@@ -71,7 +71,7 @@ def build_dataset(manual: str, data_dir: str) -> dict:
 
 def train_tokenizer(data_dir: str, out: str) -> dict:
     from aero_jax.data.pipeline import open_split, text_batches
-    from aero_jax.data.tokenizers import train_bpe
+    from aero_jax.data.tokenizer_training import train_bpe
 
     batches, total = [], 0
     for texts in text_batches(open_split("codeparrot_ds/full", "train", data_dir=data_dir), desc="reading"):

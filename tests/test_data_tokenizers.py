@@ -1,4 +1,9 @@
-"""Tokenizers: byte round trips, a tiny trained BPE file, the config errors, and `aero-tokenizer train`."""
+"""Tokenizers: byte round trips, a tiny trained BPE file, the config errors, `aero-tokenizer train`, and
+aero_jax's imports free of cycles (tokenizer training sits above both tokenizers and the pipeline)."""
+
+import ast
+import importlib.util
+import pathlib
 
 import numpy as np
 import pytest
@@ -6,6 +11,7 @@ import tokenizers
 from conftest import assert_one_line, run_script
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+import aero_jax
 from aero_jax.config import ConfigError
 from aero_jax.data import BPETokenizer, ByteTokenizer, check_vocab, make_tokenizer
 
@@ -128,3 +134,51 @@ def test_tokenizer_train_bad_arguments_end_in_one_line(corpus, tmp_path, flags, 
     result = run_script("aero-tokenizer", "train", *flags, *source_flags(corpus), cwd=tmp_path)
     assert_one_line(result, "aero-tokenizer", 2, *expected)
     assert not list(tmp_path.iterdir())  # nothing written, no temporary file left
+
+
+def module_paths(package: pathlib.Path) -> dict:
+    """{dotted name: file} of every module under `package` (a package by its __init__.py)."""
+    paths = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return paths
+
+
+def imported_modules(name: str, path: pathlib.Path, modules) -> set:
+    """The `modules` that `name` imports, at top level or inside functions; the parent packages every import
+    runs first are left out."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+    return (found & set(modules)) - {name}
+
+
+def import_cycle(graph: dict):
+    """One cycle of `graph` ({module: modules it imports}) as [a, b, ..., a], or None."""
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        cycle = next(filter(None, map(visit, sorted(graph[module]))), None)
+        path.pop()
+        done.add(module)
+        return cycle
+
+    return next(filter(None, map(visit, sorted(graph))), None)
+
+
+def test_aero_jax_imports_have_no_cycle():
+    modules = module_paths(pathlib.Path(aero_jax.__file__).parent)
+    graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+    assert graph["aero_jax.data.tokenizer_training"] >= {"aero_jax.data.pipeline", "aero_jax.data.tokenizers"}
+    assert import_cycle(graph) is None, " -> ".join(import_cycle(graph))

@@ -6,6 +6,7 @@ import pytest
 
 from aero_jax import presets
 from aero_jax.config import ConfigError
+from aero_jax.evaluate import evaluate_workdir
 from aero_jax.layers import LN_CALIBRATION
 from aero_jax.ln_substitute import calibrate, fold, substitute_report
 from aero_jax.model import AeroLM, init_variables
@@ -44,10 +45,16 @@ def test_report_on_a_tiny_trained_model(corpus, tmp_path):
     c.data.update(corpus)
     c.train.update(num_steps=30, batch_size=8, log_every=10, eval_every=30, eval_batch_size=4, eval_batches=4,
                    checkpoint_every=30)
-    Trainer(c, str(tmp_path / "run")).run()
+    summary = Trainer(c, str(tmp_path / "run")).run()
     result = substitute_report(str(tmp_path / "run"), calibration_batches=4, finetune_steps=3)
+    # One evaluation: the run's summary, aero-eval and the substitute's report read the same rows the same way.
+    assert result["perplexity_with_layernorm"] == pytest.approx(summary["validation_perplexity"], rel=1e-6)
+    assert evaluate_workdir(str(tmp_path / "run"))["validation_perplexity"] == pytest.approx(
+        summary["validation_perplexity"], rel=1e-6)
+    assert result["validation_rows"] == summary["validation_rows"] and "random sample of 16 " in summary[
+        "validation_rows"]
     for key in ("perplexity_with_layernorm", "perplexity_substitute", "perplexity_folded",
-                "perplexity_substitute_finetuned"):
+                "perplexity_substitute_finetuned", "perplexity_with_layernorm_finetuned"):
         assert np.isfinite(result[key]) and result[key] > 1, key
     assert result["perplexity_folded"] == pytest.approx(result["perplexity_substitute"], rel=1e-4)
     assert "LN" in result["pi_cost_with_layernorm"]["nonlinear_ops"]

@@ -7,17 +7,25 @@ import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
 import pytest
 from conftest import BIN, assert_one_line, run_script
 
+from aero_jax import presets
 from aero_jax import study as study_lib
+from aero_jax.config import ConfigError
+from aero_jax.model import AeroLM, init_variables, temperatures
 from aero_jax.run_log import read_metrics
+from aero_jax.study import measures
+from aero_jax.study.claims import judged
+from aero_jax.study.page import pareto_front
+from aero_jax.trainer import describe_evaluation_rows, evaluate_rows, evaluation_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SPEC = """
-from aero_jax.study import (GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study,
+from aero_jax.study import (Condition, GapClaim, InstabilityClaim, OrderClaim, RunSpec, ShareClaim, Study,
                             SubstituteClaim, TemperatureClaim, TrendClaim)
 
 DATA = {data!r}
@@ -28,11 +36,17 @@ def get_study(variant=""):
             RunSpec("{third_name}", "SM+R", overrides=DATA),
             RunSpec("D", "SM", overrides=dict(DATA, **{{"optim.peak_lr": 1e6}})),
             RunSpec("E", "SM(t)+ScFuFFN", overrides=DATA))
-    claims = (OrderClaim("A before B", ("A", "B")), OrderClaim("B before D", ("B", "D")),
-              GapClaim("B near A", "A", ("B",), max_increase=0.5),
-              ShareClaim("collapse", "deep_bottom", ("D",), ("B",)), InstabilityClaim("D unstable", "D", "A"),
-              SubstituteClaim("substitute", "A", finetune_steps=2, max_increase=10.0),
-              TrendClaim("trend", "all_top", ("A", "B", "C")), TemperatureClaim("temperatures", "E"))
+    claims = (OrderClaim("A before B", order=("A", "B"), paper={{"A": 2.0, "B": 3.0}}),
+              OrderClaim("B before D", order=("B", "D")),
+              OrderClaim("B before A at depth", order=("B", "A"), condition=Condition(num_layers=12)),
+              GapClaim("B near A", reference="A", variants=("B",), max_increase=0.5),
+              ShareClaim("collapse", entropy_range="bottom", larger=("D",), smaller=("B",), paper={{"D": 0.33}}),
+              InstabilityClaim("D unstable", run="D", reference="A"),
+              InstabilityClaim("A unstable", run="A", reference="B",
+                               condition=Condition(num_layers=12, num_steps=30000, dtype="float16")),
+              SubstituteClaim("substitute", run="A", finetune_steps=2, max_increase=10.0),
+              TrendClaim("trend", entropy_range="top", order=("A", "B", "C")),
+              TemperatureClaim("temperatures", run="E"))
     return Study(name="{name}", config="{config}", runs=runs, claims=claims,
                  size=dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32),
                  train=dict(num_steps=4, checkpoint_every=2, keep_checkpoints=4), differences="Tiny runs for a test.",
@@ -48,6 +62,7 @@ def write_spec(tmp_path, corpus, name="tiny", second="SM+R", third_name="C"):
     return path
 
 
+@pytest.mark.slow  # six tiny runs, every claim type, and one run retrained from the dry run: about a minute
 def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monkeypatch):
     spec = write_spec(tmp_path, corpus)
     out, workdirs = tmp_path / "results", tmp_path / "runs"
@@ -79,29 +94,50 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     assert f"{sum(a) / 2:.3f} ± {(max(a) - min(a)) / 2:.3f}" in row_a
     row_b = next(line for line in page.splitlines() if line.startswith("| B |"))
     assert f"| {summaries['b-seed0']['validation_perplexity']:.3f} |" in row_b
-    assert re.search(r"Verdict: \*\*(reproduced|not reproduced|inconclusive)\*\*", page)
+    assert set(re.findall(r"Verdict: \*\*([\w ]+)\*\*", page)) <= set(study_lib.VERDICTS)
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
         path = tmp_path / image
         assert path.exists() and path.stat().st_size > 1000, image
     assert "Tiny runs for a test." in page and "Pareto front" in page and "Headline: B needs" in page
+    assert "a fixed random sample of 8 of the" in page  # the rows every perplexity covers, stated once
     row_d = next(line for line in page.splitlines() if line.startswith("| D |"))
     assert "diverged (seed 0; step" in row_d and (workdirs / "d-seed0" / "diverged.json").exists()
-    b_before_d = page.split("### B before D")[1].split("###")[0]
-    assert "Verdict: **reproduced**" in b_before_d  # a diverged run counts as the worst perplexity
-    assert "Verdict: **reproduced** (increases: B +" in page.split("### B near A")[1]
-    collapse = page.split("### collapse")[1]
-    assert "| D | no evaluation |" in collapse and "Verdict: **inconclusive**" in collapse  # D diverged first
-    unstable = page.split("### D unstable")[1].split("###")[0]
-    assert "| 0 | 1 |" in unstable and "Verdict: **reproduced**" in unstable
-    substitute = page.split("### substitute")[1].split("###")[0]
+
+    def section(title):
+        return page.split(f"### {title}\n")[1].split("###")[0]
+
+    assert "| A | " in section("A before B") and "| 2.00 |" in section("A before B")  # the papers' value beside ours
+    assert "claim1_versus_paper.png" in section("A before B")
+    assert "Verdict: **reproduced**" in section("B before D")  # a diverged run counts as the worst perplexity
+    depth = section("B before A at depth")
+    assert "Verdict: **not testable here** (measured not reproduced, but the runs lack the papers' condition: L=2 " \
+           "(the papers: L=12))" in depth or "Verdict: **reproduced**" in depth
+    assert "Verdict: **reproduced** (each variant within 50%)" in section("B near A")
+    collapse = section("collapse")
+    assert "| D | no evaluation | no evaluation | 33.0% |" in collapse and "Verdict: **inconclusive**" in collapse
+    assert "| 0 | 1 |" in section("D unstable") and "Verdict: **reproduced**" in section("D unstable")
+    stable = section("A unstable")  # fp32, 4 steps: stable, which says nothing of the papers' fp16 runs
+    assert "Verdict: **not testable here** (measured not reproduced, but the runs lack the papers' condition: L=2 " \
+           "(the papers: L=12); 4 steps (the papers: ~30,000); float32 (the papers: float16))" in stable
+    substitute = section("substitute")
+    assert "This project's extension" in substitute and "LayerNorm, fine-tuned" in substitute
     assert "Verdict: **reproduced**" in substitute and (out / "ln_substitute_a_ft2.json").exists()
-    assert re.search(r"Verdict: \*\*\w[\w ]*\*\*", page.split("### trend")[1])
-    temperatures = page.split("### temperatures")[1]
-    steps = [int(row.split("|")[1]) for row in temperatures.splitlines() if re.match(r"\| \d+ \| \d", row)]
-    assert steps == [0, 2, 4]  # the initial value and every kept checkpoint
-    assert "| 0 | 0.01 [0.01, 0.01] |" in temperatures and "claim8_temperatures.png" in temperatures  # the init
+    assert "M = largest observed" in section("trend") and "One head is 25.0% of the heads" in section("trend")
+    temperatures = section("temperatures")
+    assert "Heads whose entropy rises with c (never falls, ends higher): 100%" in temperatures
+    assert "Verdict: **reproduced** (every head's entropy rises with c)" in temperatures
+    assert "claim10_intervention.png" in temperatures and "claim10_temperatures.png" in temperatures
+    verdicts = page.split("## Verdicts")[1].split("## Claims")[0]
+    assert "| D unstable | reproduced |" in verdicts and "| A unstable | not testable here |" in verdicts
 
-
+    # Rerunnable: the dry run's command for B retrains it to the page's perplexity.
+    dry = run_script("aero-study", "--spec", spec, "--out", out, "--workdirs", workdirs, "--dry-run")
+    command = next(json.loads(line)["command"] for line in dry.stdout.splitlines() if json.loads(line)["run"] == "B")
+    again = tmp_path / "b_again"
+    retrained = run_script(*command.replace(str(workdirs / "b-seed0"), str(again)).split())
+    assert retrained.returncode == 0, retrained.stderr[-2000:]
+    assert json.loads((again / "summary.json").read_text())["validation_perplexity"] == pytest.approx(
+        summaries["b-seed0"]["validation_perplexity"], rel=5e-3)
 
 
 def test_bad_specs_and_outputs_are_refused_in_one_line(corpus, tmp_path):
@@ -217,45 +253,94 @@ def test_the_gpt2_codeparrot_variant_dry_runs(tmp_path):
     assert config.model.dtype == "bfloat16" and config.model.ereg_rows == 128  # the config file's own choices
 
 
-def test_region_shares_against_log_t():
-    log_t = np.log(32)
-    head = np.array([[0.9, 0.8, 0.1], [0.9, 0.2, 0.2], [0.1, 0.05, 0.6], [0.3, 0.1, 0.9]]) * log_t  # [L=4, H=3]
-    assert study_lib.region_share(head, "early_top", 32) == pytest.approx(3 / 6)  # 0.9, 0.8, 0.9 of layers 0-1
-    assert study_lib.region_share(head, "deep_bottom", 32) == pytest.approx(3 / 6)  # 0.1, 0.05, 0.1 of layers 2-3
-    claim = study_lib.ShareClaim("x", "early_top", ("a",), ("b", "c"))
-    assert study_lib.share_verdict({"a": 0.5, "b": 0.2, "c": 0.3}, claim) == "reproduced"
-    assert study_lib.share_verdict({"a": 0.1, "b": 0.2, "c": 0.3}, claim) == "not reproduced"
-    assert study_lib.share_verdict({"a": 0.25, "b": 0.2, "c": 0.3}, claim) == "inconclusive"
-    assert study_lib.share_verdict({"a": None, "b": 0.2, "c": 0.3}, claim) == "inconclusive"
+def test_entropy_range_shares_use_the_largest_observed_head_entropy_over_all_heads():
+    head = np.array([[2.0, 1.9, 0.2], [1.6, 0.4, 0.5], [0.1, 1.55, 1.0], [0.3, 0.45, 1.2]])  # [L=4, H=3], M = 2.0
+    # [3M/4, M] = [1.5, 2.0]: 2.0, 1.9, 1.6, 1.55 of all 12 heads; [0, M/4) = [0, 0.5): 0.2, 0.4, 0.1, 0.3, 0.45.
+    assert measures.range_share(head, "top", reference="observed", seq_len=32) == pytest.approx(4 / 12)
+    assert measures.range_share(head, "bottom", reference="observed", seq_len=32) == pytest.approx(5 / 12)
+    # Against log 32 = 3.47 the same heads sit lower: none reaches 3/4 log T, and the bottom is [0, 0.87).
+    assert measures.range_share(head, "top", reference="log_t", seq_len=32) == 0.0
+    assert measures.range_share(head, "bottom", reference="log_t", seq_len=32) == pytest.approx(6 / 12)
+    assert measures.range_share(head / 10, "top", reference="observed", seq_len=32) == pytest.approx(4 / 12)
+    assert measures.share_verdict({"a": 0.5, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "reproduced"
+    assert measures.share_verdict({"a": 0.1, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "not reproduced"
+    assert measures.share_verdict({"a": 0.25, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "inconclusive"
+    assert measures.share_verdict({"a": None, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "inconclusive"
 
 
-def test_trend_verdicts():
-    assert study_lib.trend_verdict([0.1, 0.2, 0.3]) == "reproduced"
-    assert study_lib.trend_verdict([0.3, 0.2, 0.2]) == "not reproduced"
-    assert study_lib.trend_verdict([0.1, 0.3, 0.2]) == "inconclusive"
-    assert study_lib.trend_verdict([0.1, None]) == "inconclusive"
-    log_t = np.log(32)
-    assert study_lib.region_share(np.array([[0.9, 0.1], [0.8, 0.2]]) * log_t, "all_top", 32) == pytest.approx(0.5)
+def test_trend_order_and_gap_verdicts_and_the_pareto_front():
+    assert measures.trend_verdict([0.1, 0.2, 0.3]) == "reproduced"
+    assert measures.trend_verdict([0.3, 0.2, 0.2]) == "not reproduced"
+    assert measures.trend_verdict([0.1, 0.3, 0.2]) == "inconclusive"
+    assert measures.trend_verdict([0.1, None]) == "inconclusive"
+    assert measures.order_verdict([("a", 2.0, 0.1), ("b", 3.0, 0.1)]) == "reproduced"
+    assert measures.order_verdict([("a", 3.0, 0.1), ("b", 2.0, 0.1)]) == "not reproduced"
+    assert measures.order_verdict([("a", 2.0, 0.5), ("b", 2.2, 0.5)]) == "inconclusive"
+    assert measures.gap_verdict(("r", 2.0, 0.0), [("v", 2.05, 0.0)], 0.05) == "reproduced"
+    assert measures.gap_verdict(("r", 2.0, 0.0), [("v", 2.2, 0.0)], 0.05) == "not reproduced"
+    assert pareto_front([("x", 1, 5), ("y", 2, 4), ("z", 3, 6)]) == ["x", "y"]
 
 
-def test_verdicts_and_the_pareto_front():
-    assert study_lib.verdict([("a", 2.0, 0.1), ("b", 3.0, 0.1)]) == "reproduced"
-    assert study_lib.verdict([("a", 3.0, 0.1), ("b", 2.0, 0.1)]) == "not reproduced"
-    assert study_lib.verdict([("a", 2.0, 0.5), ("b", 2.2, 0.5)]) == "inconclusive"
-    assert study_lib.pareto_front([("x", 1, 5), ("y", 2, 4), ("z", 3, 6)]) == ["x", "y"]
+def test_a_result_that_is_no_reproduction_is_not_testable_where_the_papers_condition_is_unmet():
+    size = dict(num_layers=4, num_heads=4, d_model=32, d_ff=64, vocab_size=257, max_len=32)
+    study = study_lib.Study(name="x", config="configs/default.py", size=size, runs=(study_lib.RunSpec("A", "SM"),),
+                            train=dict(num_steps=1000))
+    config = study_lib.run_config(study, study.runs[0], 0)
+    condition = study_lib.Condition(num_layers=12, num_steps=30_000, dtype="float16")
+    unmet = condition.unmet(config)
+    assert unmet == ["L=4 (the papers: L=12)", "1,000 steps (the papers: ~30,000)", "float32 (the papers: float16)"]
+    assert study_lib.Condition(num_layers=4, num_steps=1000).unmet(config) == []
+    for measured in ("not reproduced", "inconclusive"):
+        assert judged(measured, unmet)[0] == "not testable here" and measured in judged(measured, unmet)[1]
+        assert judged(measured, []) == (measured, "")
+    assert judged("reproduced", unmet) == ("reproduced", "")  # the effect appeared even without the condition
+    assert "not testable here" in study_lib.VERDICTS and len(study_lib.VERDICTS) == 4
 
 
 def test_a_temperature_claim_needs_a_run_with_learnable_temperatures():
     size = dict(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=257, max_len=32)
     study = study_lib.Study(name="x", config="configs/default.py", size=size, runs=(study_lib.RunSpec("A", "SM+LN+G"),),
-                            claims=(study_lib.TemperatureClaim("t", "A"),))
-    with pytest.raises(study_lib.ConfigError, match="run A .SM.LN.G. has no learnable temperature"):
+                            claims=(study_lib.TemperatureClaim("t", run="A"),))
+    with pytest.raises(ConfigError, match="run A .SM.LN.G. has no learnable temperature"):
         study_lib.check_study(study)
 
 
-def test_temperature_entropy_correlation_reads_mean_log_t_per_head():
-    t = np.exp(np.arange(6.0).reshape(2, 3, 1) * np.ones((1, 1, 4)))  # mean log t of head (l, h) = 3l + h
-    rho, _ = study_lib.temperature_entropy_correlation(t, np.arange(6.0).reshape(2, 3))
-    assert rho == pytest.approx(1.0)
-    rho, _ = study_lib.temperature_entropy_correlation(t, -np.arange(6.0).reshape(2, 3))
-    assert rho == pytest.approx(-1.0)
+@pytest.mark.parametrize("parameterisation", ["log", "raw"])
+def test_scaling_every_temperature_raises_every_heads_entropy_at_fixed_weights(parameterisation):
+    """The papers' property of SM(t), on a tiny random model whose attention is neither uniform nor one-hot (init 0.1, t = 1e-2): t x 2
+    spreads every head, t x 0.5 sharpens it."""
+    config = presets.model_config("SM(t)+ScFuFFN", size="tiny", vocab_size=257, max_len=16, num_layers=2,
+                                  num_heads=2, temperature_param=parameterisation, init_std=0.1)
+    model = AeroLM(config)
+    variables = init_variables(model, jax.random.key(0))
+    rows = np.random.default_rng(0).integers(0, 257, (8, 16))
+    entropy = {c: evaluate_rows(measures.scale_temperatures(variables["params"], config, c),
+                                {k: v for k, v in variables.items() if k != "params"}, rows, model=model,
+                                batch_size=4, max_batches=0)["head_entropy"] for c in (0.5, 1.0, 2.0)}
+    assert measures.monotone_heads(entropy) == (1.0, 0.0)
+    assert measures.intervention_verdict(*measures.monotone_heads(entropy)) == "reproduced"
+    reversed_ = {0.5: entropy[2.0], 1.0: entropy[1.0], 2.0: entropy[0.5]}
+    assert measures.monotone_heads(reversed_)[1] == 1.0
+    assert measures.intervention_verdict(*measures.monotone_heads(reversed_)) == "not reproduced"
+    scaled = measures.scale_temperatures(variables["params"], config, 2.0)
+    for layer in range(2):
+        assert np.allclose(temperatures(scaled[f"block_{layer}"]["attn"], config),
+                           2 * temperatures(variables["params"][f"block_{layer}"]["attn"], config))
+
+
+def test_temperature_movement_is_the_ratio_to_the_initial_value_per_layer():
+    t = np.full((2, 2, 3), 0.01)
+    t[1, 0, 0], t[1, 1, 2] = 0.005, 0.04
+    movement = measures.temperature_movement(t, 0.01)
+    assert movement.tolist() == [[1.0, 1.0, 1.0], [0.5, 1.0, 4.0]]
+
+
+def test_evaluation_rows_are_a_fixed_random_sample_not_a_prefix():
+    rows = np.arange(100)[:, None] * np.ones((1, 4), int)
+    sample = evaluation_rows(rows, batch_size=10, max_batches=3)
+    assert sample.shape == (30, 4) and np.array_equal(sample, evaluation_rows(rows, batch_size=10, max_batches=3))
+    assert not np.array_equal(sample[:, 0], np.arange(30)) and np.all(np.diff(sample[:, 0]) > 0)
+    assert np.array_equal(evaluation_rows(rows, batch_size=10, max_batches=0), rows)
+    assert np.array_equal(evaluation_rows(rows[:95], batch_size=10, max_batches=20), rows[:90])  # whole batches
+    assert "whole validation split (90 of 95" in describe_evaluation_rows(95, batch_size=10, max_batches=0)
+    assert "random sample of 30 of the 100" in describe_evaluation_rows(100, batch_size=10, max_batches=3)
