@@ -135,8 +135,9 @@ def _report(summary: dict) -> None:
     if "validation_perplexity" in summary:
         lines = [f"validation perplexity: {summary['validation_perplexity']:.3f} "
                  f"(loss {summary['validation_loss']:.4f}) after {summary['step']} steps of {summary['architecture']}",
-                 f"same validation data, unigram perplexity: {summary['unigram_perplexity']:.3f}",
-                 f"same validation data, bigram perplexity:  {summary['bigram_perplexity']:.3f}"] + lines
+                 f"same validation rows, unigram perplexity: {summary['unigram_perplexity']:.3f}",
+                 f"same validation rows, bigram perplexity:  {summary['bigram_perplexity']:.3f}",
+                 f"validation rows: {summary['validation_rows']}"] + lines
     print("\n".join(lines), flush=True)
 
 

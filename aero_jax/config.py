@@ -73,6 +73,7 @@ class ModelConfig:
     learnable_temperature: bool = False
     temperature_init: float = 1.0
     temperature_param: str = "log"
+    temperature_scale: float = 1.0  # multiplies every learned t: an intervention at fixed weights (aero-study)
 
     # Per-head attention entropy, sown as an intermediate; turn off for inference.
     sow_entropy: bool = True
@@ -124,7 +125,7 @@ MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: seed 2**32 would silently 
 # Fields that change the loss or the numerics but not the parameters: a run may resume with
 # other values of these; any other difference is another architecture.
 NON_ARCHITECTURE_FIELDS = ("ereg_weight", "ereg_gamma", "ereg_reduction", "ereg_rows", "sow_entropy", "dtype",
-                           "spectral_norm_iters", "remat")
+                           "spectral_norm_iters", "remat", "temperature_scale")
 
 
 def architecture_differences(old: ModelConfig, new: ModelConfig):
@@ -145,8 +146,8 @@ def check_fields(changes: dict) -> None:
         )
 
 
-FLOAT_FIELDS = ("ln_epsilon", "leaky_slope", "ffn_alpha_init", "ffn_beta_init", "temperature_init", "ereg_weight",
-                "ereg_gamma", "ereg_threshold_init", "init_std")
+FLOAT_FIELDS = ("ln_epsilon", "leaky_slope", "ffn_alpha_init", "ffn_beta_init", "temperature_init",
+                "temperature_scale", "ereg_weight", "ereg_gamma", "ereg_threshold_init", "init_std")
 
 
 def _validate(c: ModelConfig) -> None:
@@ -189,6 +190,8 @@ def _validate(c: ModelConfig) -> None:
               f"groups without weight norm; {', '.join(both)} already has weight_norm")
     if not c.temperature_init > 0:
         _fail("temperature_init", c.temperature_init, "a positive number")
+    if not 0 < c.temperature_scale < float("inf"):
+        _fail("temperature_scale", c.temperature_scale, "a positive number")
     if not 0 <= c.ereg_gamma < 1:
         _fail("ereg_gamma", c.ereg_gamma, "a number in [0, 1)")
     if c.ereg_weight < 0:

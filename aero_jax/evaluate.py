@@ -18,7 +18,7 @@ from aero_jax.errors import RunFailed
 from aero_jax.model import AeroLM
 from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, create_train_state
-from aero_jax.trainer import CONFIG_FILE, build, describe_evaluation_rows, evaluate_rows, load_data
+from aero_jax.trainer import CONFIG_FILE, build, evaluate_rows, evaluation_rows, load_data
 
 
 class RestoredRun(NamedTuple):
@@ -109,18 +109,21 @@ def run_evaluation(run: RestoredRun, val_rows, params=None, model_state=None, mo
                          model=model or run.model, batch_size=t.eval_batch_size, max_batches=t.eval_batches)
 
 
+def run_evaluation_rows(run: RestoredRun, val_rows) -> str:
+    """Which validation rows `run_evaluation` reads, in words (as the run's summary states them)."""
+    t = run.config.train
+    return evaluation_rows(val_rows, batch_size=t.eval_batch_size, max_batches=t.eval_batches)[1]
+
+
 def evaluate_workdir(workdir: str) -> dict:
     """Validation loss, perplexity and entropy shares of the newest readable checkpoint, over the run's own
     evaluation rows: at the run's last step, the numbers of its summary.json."""
     run = restore_run(workdir)
     _, val_rows = run_data(run.config, run.model.config.max_len)
     result = run_evaluation(run, val_rows)
-    t = run.config.train
     out = {"workdir": workdir, "step": run.step, "architecture": architecture_label(run.config.model),
            "validation_loss": result["loss"], "validation_perplexity": result["perplexity"],
-           "tokens": result["tokens"],
-           "validation_rows": describe_evaluation_rows(len(val_rows), batch_size=t.eval_batch_size,
-                                                       max_batches=t.eval_batches)}
+           "tokens": result["tokens"], "validation_rows": run_evaluation_rows(run, val_rows)}
     if "head_entropy" in result:
         out["head_entropy"] = result["head_entropy"].tolist()
         out["entropy_range_shares"] = entropy_range_shares(result["head_entropy"]).tolist()

@@ -156,24 +156,27 @@ def versus_paper(ours: Dict[str, float], paper: Dict[str, Optional[float]], *, t
                  ours_label: str = "this study", paper_label: str = "the papers", fmt: str = "{:.3g}",
                  ours_extra: Optional[Dict[str, float]] = None, extra_label: str = ""):
     """Our measured value beside the papers' published one for each label (grouped bars, values on top), so a
-    claim's figure shows both; a label without a published value says so in the papers' slot."""
+    claim's figure shows both; a label of either side only (no published value, or no measurement here: a run
+    that diverged or never evaluated) says so in the empty slot."""
     series = [(ours_label, ours, "C0")] + ([(extra_label, ours_extra, "C2")] if ours_extra is not None else []) + [
         (paper_label, paper, "0.6")]
+    labels = list(dict.fromkeys([*ours, *paper]))
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(2.0 + 0.6 * len(series) * len(ours), 4.0))
+    fig, ax = plt.subplots(figsize=(2.0 + 0.6 * len(series) * len(labels), 4.0))
     for i, (name, values, color) in enumerate(series):
-        shown = [(x + (i - (len(series) - 1) / 2) * width, values[label]) for x, label in enumerate(ours)
-                 if values.get(label) is not None]
+        offset = (i - (len(series) - 1) / 2) * width
+        shown = [(x + offset, values[label]) for x, label in enumerate(labels)
+                 if values.get(label) is not None and np.isfinite(values[label])]
         ax.bar([x for x, _ in shown], [v for _, v in shown], width, color=color, label=name)
         for x, value in shown:
             ax.annotate(fmt.format(value), (x, value), textcoords="offset points", xytext=(0, 2), ha="center",
                         fontsize=7)
-    for x, label in enumerate(ours):
-        if paper.get(label) is None:
-            ax.text(x + (len(series) - 1) / 2 * width, 0, "no published value", rotation=90, ha="center",
-                    va="bottom", fontsize=6, color="0.4")
+        for x, label in enumerate(labels):
+            if values is not ours_extra and (values.get(label) is None or not np.isfinite(values[label])):
+                ax.text(x + offset, 0, "no published value" if values is paper else "not measured", rotation=90,
+                        ha="center", va="bottom", fontsize=6, color="0.4")
     ax.margins(y=0.12)  # room for the values printed on the tallest bars
-    ax.set(xlim=(-0.5, len(ours) - 0.5), xticks=range(len(ours)), xticklabels=list(ours), ylabel=value_label,
+    ax.set(xlim=(-0.5, len(labels) - 0.5), xticks=range(len(labels)), xticklabels=labels, ylabel=value_label,
            title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -25,14 +25,13 @@ from etils import epath
 from aero_jax import data
 from aero_jax.config import NORM_GROUPS, ConfigError, ModelConfig
 from aero_jax.errors import argparse_main
-from aero_jax.evaluate import restore_run, run_data, run_evaluation
+from aero_jax.evaluate import restore_run, run_data, run_evaluation, run_evaluation_rows
 from aero_jax.layers import LN_CALIBRATION, LN_STD_NAME
 from aero_jax.model import AeroLM
 from aero_jax.optim import adamw
 from aero_jax.pi.cost import pi_cost
 from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, jit_train_step
-from aero_jax.trainer import describe_evaluation_rows
 from aero_jax.workdir import make_output_folder
 
 
@@ -138,7 +137,7 @@ def finetune(model: AeroLM, params, model_state, train_rows: np.ndarray, *, step
     """(params, model_state) after `steps` steps of AdamW at a constant `lr` on the training rows: the
     substitute's short fine-tune, and the same steps for the LayerNorm model it is compared with."""
     tuner = adamw(lr, weight_decay=0.0)
-    params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the step donates its state
+    params, model_state = jax.tree_util.tree_map(jnp.array, (params, model_state))  # copies: the step donates them
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                        opt_state=tuner.init(params), lr_scale=jnp.ones((), jnp.float32))
     step = jit_train_step(model, tuner)
@@ -150,9 +149,9 @@ def finetune(model: AeroLM, params, model_state, train_rows: np.ndarray, *, step
 
 def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_steps: int = 0,
                       finetune_lr: float = 1e-4) -> dict:
-    """Perplexity with LayerNorm, with the substitute, folded, after fine-tuning (and, for a fair comparison, of
-    the LayerNorm model after the same fine-tune); and the PI cost. Every perplexity is the run's own evaluation
-    (its summary's rows)."""
+    """Perplexity with LayerNorm, with the calibrated substitute, folded, after fine-tuning the substitute (and,
+    for a fair comparison, of the LayerNorm model after the same fine-tune); and the PI cost. Every perplexity is
+    the run's own evaluation (its summary's rows)."""
     run = restore_run(workdir)
     config, model = run.config, run.model
     label = architecture_label(config.model)
@@ -168,8 +167,7 @@ def substitute_report(workdir: str, *, calibration_batches: int = 8, finetune_st
     folded_config, folded_params, folded_calibration = fold(model.config, params, calibration)
     result = {
         "workdir": workdir, "architecture": label, "step": run.step,
-        "validation_rows": describe_evaluation_rows(len(val_rows), batch_size=config.train.eval_batch_size,
-                                                    max_batches=config.train.eval_batches),
+        "validation_rows": run_evaluation_rows(run, val_rows),
         "perplexity_with_layernorm": perplexity(params, model_state, model),
         "perplexity_substitute": perplexity(params, {**model_state, LN_CALIBRATION: calibration}, frozen),
         "perplexity_folded": perplexity(folded_params, _collections(model_state, folded_calibration),

@@ -51,8 +51,9 @@ def temperature_name(c: ModelConfig) -> str:
 
 
 def temperature_from(p_HxT: jnp.ndarray, c: ModelConfig) -> jnp.ndarray:
-    """The temperature t the attention divides by, from its learned parameter."""
-    return jnp.maximum(p_HxT, TEMPERATURE_FLOOR) if c.temperature_param == "raw" else jnp.exp(p_HxT)
+    """The temperature t the attention divides by, from its learned parameter (times `temperature_scale`)."""
+    t_HxT = jnp.maximum(p_HxT, TEMPERATURE_FLOOR) if c.temperature_param == "raw" else jnp.exp(p_HxT)
+    return t_HxT if c.temperature_scale == 1.0 else t_HxT * c.temperature_scale
 
 
 def temperatures(attn_params, c: ModelConfig) -> jnp.ndarray:

@@ -15,7 +15,7 @@ import dataclasses
 import glob
 import os
 import re
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -45,12 +45,18 @@ class Run:
     params: dict
 
 
-def newest_head_entropy(workdir: str) -> np.ndarray:
+def newest_evaluation(workdir: str) -> Tuple[int, np.ndarray]:
+    """(step, head entropy [L, H]) of the run's newest evaluation."""
     files = glob.glob(os.path.join(workdir, "eval", "head_entropy_step*.npy"))
     if not files:
         raise ConfigError(f"workdir {workdir} has no eval/head_entropy_step*.npy; accepted: a run evaluated by "
                           f"aero-train (with sow_entropy on)")
-    return np.load(max(files, key=lambda f: int(re.findall(r"step(\d+)", f)[-1])))
+    step, path = max((int(re.findall(r"step(\d+)", f)[-1]), f) for f in files)
+    return step, np.load(path)
+
+
+def newest_head_entropy(workdir: str) -> np.ndarray:
+    return newest_evaluation(workdir)[1]
 
 
 def load_run(workdir: str) -> Run:

@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -106,39 +106,34 @@ def load_data(config, tokenizer, seq_len: int, *, publish: bool = False):
 EVAL_SAMPLE_SEED = 0  # fixed, not the run's seed: every run over the same split reads the same rows
 
 
-def evaluation_rows(rows_NxT: np.ndarray, *, batch_size: int, max_batches: int) -> np.ndarray:
-    """The validation rows every evaluation of a run reads: the whole split in whole batches when `max_batches`
-    <= 0 or covers it, else `max_batches` batches of rows drawn at random once (seed EVAL_SAMPLE_SEED), in split
-    order. A sample, not a prefix: the first rows of a split are one file, not the split."""
+def evaluation_rows(rows_NxT: np.ndarray, *, batch_size: int, max_batches: int) -> Tuple[np.ndarray, str]:
+    """(the validation rows every evaluation of a run reads, what they are, in words): the whole split in whole
+    batches when `max_batches` <= 0 or covers it, else `max_batches` batches of rows drawn at random once (seed
+    EVAL_SAMPLE_SEED), in split order. A sample, not a prefix: the first rows of a split are one file, not the split."""
     whole = len(rows_NxT) // batch_size
     if whole < 1:
         raise ConfigError(f"validation split has {len(rows_NxT)} sequences, fewer than one batch of "
                           f"{batch_size}; accepted: a smaller train.eval_batch_size")
     if max_batches <= 0 or max_batches >= whole:
-        return rows_NxT[:whole * batch_size]
-    chosen = np.random.default_rng(EVAL_SAMPLE_SEED).choice(len(rows_NxT), max_batches * batch_size, replace=False)
-    return rows_NxT[np.sort(chosen)]
-
-
-def describe_evaluation_rows(total_rows: int, *, batch_size: int, max_batches: int) -> str:
-    """Which validation rows `evaluation_rows` reads, for a summary or a page."""
-    whole = total_rows // batch_size
-    if max_batches <= 0 or max_batches >= whole:
-        return f"the whole validation split ({whole * batch_size:,} of {total_rows:,} sequences, whole batches)"
-    return (f"a fixed random sample of {max_batches * batch_size:,} of the {total_rows:,} validation sequences "
-            f"(seed {EVAL_SAMPLE_SEED}, the same for every run over this split)")
+        return rows_NxT[:whole * batch_size], (f"the whole validation split ({whole * batch_size:,} of "
+                                               f"{len(rows_NxT):,} sequences, whole batches)")
+    count = max_batches * batch_size
+    chosen = np.random.default_rng(EVAL_SAMPLE_SEED).choice(len(rows_NxT), count, replace=False)
+    return rows_NxT[np.sort(chosen)], (f"a fixed random sample of {count:,} of the {len(rows_NxT):,} validation "
+                                       f"sequences (seed {EVAL_SAMPLE_SEED}: the same rows for every run with this "
+                                       f"split and sample size)")
 
 
 def evaluate_rows(params, model_state, rows_NxT: np.ndarray, *, model: AeroLM, batch_size: int,
                   max_batches: int, eval_fn=None, put=jnp.asarray) -> dict:
     """Validation loss, perplexity and head-entropy matrix over the run's evaluation rows (`evaluation_rows`).
 
-    The one evaluation of the project: training, aero-eval, reports and the LayerNorm substitute all call it
-    with the run's train.eval_batch_size and train.eval_batches. `put` turns a batch of rows (the same on every
+    The one evaluation of the project: training, aero-eval, aero-ln-substitute and the studies all call it with
+    the run's train.eval_batch_size and train.eval_batches. `put` turns a batch of rows (the same on every
     process) into the device array.
     """
     eval_fn = eval_fn or jax.jit(lambda p, s, t: eval_step(p, s, t, model=model))
-    rows_NxT = evaluation_rows(rows_NxT, batch_size=batch_size, max_batches=max_batches)
+    rows_NxT, _ = evaluation_rows(rows_NxT, batch_size=batch_size, max_batches=max_batches)
     total = None
     for i in range(len(rows_NxT) // batch_size):
         sums = eval_fn(params, model_state, put(rows_NxT[i * batch_size:(i + 1) * batch_size].astype(np.int32)))
@@ -410,12 +405,12 @@ class Trainer:
                    "architecture": architecture_label(self.config.model)}
         if not stopped:
             vocab, t = self.model_config.vocab_size, self.config.train
+            rows, described = evaluation_rows(self.val_rows, batch_size=t.eval_batch_size, max_batches=t.eval_batches)
             summary.update(
                 validation_loss=self.last_eval["loss"], validation_perplexity=self.last_eval["perplexity"],
-                validation_rows=describe_evaluation_rows(len(self.val_rows), batch_size=t.eval_batch_size,
-                                                         max_batches=t.eval_batches),
-                unigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=1, vocab_size=vocab),
-                bigram_perplexity=data.ngram_perplexity(self.train_rows, self.val_rows, order=2, vocab_size=vocab))
+                validation_rows=described,
+                unigram_perplexity=data.ngram_perplexity(self.train_rows, rows, order=1, vocab_size=vocab),
+                bigram_perplexity=data.ngram_perplexity(self.train_rows, rows, order=2, vocab_size=vocab))
             if self.log.enabled:
                 write_text_atomically(epath.Path(self.workdir) / "summary.json", json.dumps(summary, indent=2))
         self.log.close()

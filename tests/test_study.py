@@ -20,7 +20,7 @@ from aero_jax.run_log import read_metrics
 from aero_jax.study import measures
 from aero_jax.study.claims import judged
 from aero_jax.study.page import pareto_front
-from aero_jax.trainer import describe_evaluation_rows, evaluate_rows, evaluation_rows
+from aero_jax.trainer import evaluate_rows, evaluation_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -110,25 +110,29 @@ def test_a_study_runs_resumes_reports_and_writes_its_page(corpus, tmp_path, monk
     assert "claim1_versus_paper.png" in section("A before B")
     assert "Verdict: **reproduced**" in section("B before D")  # a diverged run counts as the worst perplexity
     depth = section("B before A at depth")
-    assert "Verdict: **not testable here** (measured not reproduced, but the runs lack the papers' condition: L=2 " \
-           "(the papers: L=12))" in depth or "Verdict: **reproduced**" in depth
-    assert "Verdict: **reproduced** (each variant within 50%)" in section("B near A")
+    assert re.search(r"Verdict: \*\*not testable here\*\* \(measured (not reproduced|inconclusive): B -> A: .*; the runs "
+                     r"lack the papers' condition: L=2 \(the papers: L=12\)\)", depth) or \
+        "Verdict: **reproduced**" in depth and "even without the papers' condition: L=2" in depth
+    assert re.search(r"Verdict: \*\*reproduced\*\* \(B \+\d+\.\d% \(noise \d+\.\d%\); limit \+50%\)", section("B near A"))
     collapse = section("collapse")
-    assert "| D | no evaluation | no evaluation | 33.0% |" in collapse and "Verdict: **inconclusive**" in collapse
+    assert "| D | - | no evaluation | no evaluation | 33.0% |" in collapse
+    assert "Verdict: **inconclusive** (no evaluation of D)." in collapse
     assert "| 0 | 1 |" in section("D unstable") and "Verdict: **reproduced**" in section("D unstable")
     stable = section("A unstable")  # fp32, 4 steps: stable, which says nothing of the papers' fp16 runs
-    assert "Verdict: **not testable here** (measured not reproduced, but the runs lack the papers' condition: L=2 " \
-           "(the papers: L=12); 4 steps (the papers: ~30,000); float32 (the papers: float16))" in stable
+    assert "Verdict: **not testable here** (measured not reproduced: 0 of 2 seeds diverged or showed non-finite " \
+           "attention; the runs lack the papers' condition: L=2 (the papers: L=12); 4 steps (the papers: ~30,000); " \
+           "float32 (the papers: float16))" in stable
     substitute = section("substitute")
     assert "This project's extension" in substitute and "LayerNorm, fine-tuned" in substitute
     assert "Verdict: **reproduced**" in substitute and (out / "ln_substitute_a_ft2.json").exists()
-    assert "M = largest observed" in section("trend") and "One head is 25.0% of the heads" in section("trend")
+    assert "M = largest observed" in section("trend") and "One head is 1/4 (25.00%) of the heads" in section("trend")
     temperatures = section("temperatures")
-    assert "Heads whose entropy rises with c (never falls, ends higher): 100%" in temperatures
-    assert "Verdict: **reproduced** (every head's entropy rises with c)" in temperatures
+    assert "| heads rising with c | 100% | 100% |" in temperatures
+    assert "Verdict: **reproduced** (100% of the heads rise with c, 0% fall)" in temperatures
     assert "claim10_intervention.png" in temperatures and "claim10_temperatures.png" in temperatures
     verdicts = page.split("## Verdicts")[1].split("## Claims")[0]
     assert "| D unstable | reproduced |" in verdicts and "| A unstable | not testable here |" in verdicts
+    assert "| substitute (this project's extension) | reproduced |" in verdicts
 
     # Rerunnable: the dry run's command for B retrains it to the page's perplexity.
     dry = run_script("aero-study", "--spec", spec, "--out", out, "--workdirs", workdirs, "--dry-run")
@@ -262,22 +266,33 @@ def test_entropy_range_shares_use_the_largest_observed_head_entropy_over_all_hea
     assert measures.range_share(head, "top", reference="log_t", seq_len=32) == 0.0
     assert measures.range_share(head, "bottom", reference="log_t", seq_len=32) == pytest.approx(6 / 12)
     assert measures.range_share(head / 10, "top", reference="observed", seq_len=32) == pytest.approx(4 / 12)
-    assert measures.share_verdict({"a": 0.5, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "reproduced"
-    assert measures.share_verdict({"a": 0.1, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "not reproduced"
-    assert measures.share_verdict({"a": 0.25, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "inconclusive"
-    assert measures.share_verdict({"a": None, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == "inconclusive"
+    verdict = measures.share_verdict
+    assert verdict({"a": 0.5, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == (
+        "reproduced", "smallest share of a: 50.0%; largest of b, c: 30.0%")
+    assert verdict({"a": 0.1, "b": 0.2, "c": 0.3}, ("a",), ("b", "c"))[0] == "not reproduced"
+    assert verdict({"a": 0.25, "b": 0.2, "c": 0.3}, ("a",), ("b", "c"))[0] == "inconclusive"
+    assert verdict({"a": None, "b": 0.2, "c": 0.3}, ("a",), ("b", "c")) == ("inconclusive", "no evaluation of a")
 
 
 def test_trend_order_and_gap_verdicts_and_the_pareto_front():
-    assert measures.trend_verdict([0.1, 0.2, 0.3]) == "reproduced"
-    assert measures.trend_verdict([0.3, 0.2, 0.2]) == "not reproduced"
-    assert measures.trend_verdict([0.1, 0.3, 0.2]) == "inconclusive"
-    assert measures.trend_verdict([0.1, None]) == "inconclusive"
-    assert measures.order_verdict([("a", 2.0, 0.1), ("b", 3.0, 0.1)]) == "reproduced"
-    assert measures.order_verdict([("a", 3.0, 0.1), ("b", 2.0, 0.1)]) == "not reproduced"
-    assert measures.order_verdict([("a", 2.0, 0.5), ("b", 2.2, 0.5)]) == "inconclusive"
-    assert measures.gap_verdict(("r", 2.0, 0.0), [("v", 2.05, 0.0)], 0.05) == "reproduced"
-    assert measures.gap_verdict(("r", 2.0, 0.0), [("v", 2.2, 0.0)], 0.05) == "not reproduced"
+    def trend(*values):
+        return measures.trend_verdict(dict(zip("abc", values)), "abc"[:len(values)])[0]
+
+    assert trend(0.1, 0.2, 0.3) == "reproduced"
+    assert trend(0.3, 0.2, 0.2) == "not reproduced"
+    assert trend(0.1, 0.3, 0.2) == "inconclusive"
+    assert trend(1 / 16, 1 / 16, 1 / 16) == "inconclusive"  # one head of 16 everywhere: nothing told apart
+    assert trend(0.1, None) == "inconclusive"
+    order = measures.order_verdict
+    assert order([("a", 2.0, 0.1), ("b", 3.0, 0.1)]) == ("reproduced", "a -> b: +1.000 against noise 0.100")
+    assert order([("a", 3.0, 0.1), ("b", 2.0, 0.1)])[0] == "not reproduced"
+    assert order([("a", 2.0, 0.5), ("b", 2.2, 0.5)])[0] == "inconclusive"
+    # One seed each (spread 0): a gap within 2% of the perplexity is a tie, not a verdict.
+    assert order([("a", 2.00, 0.0), ("b", 2.03, 0.0)])[0] == "inconclusive"
+    assert order([("a", 2.00, 0.0), ("b", 2.10, 0.0)])[0] == "reproduced"
+    assert measures.gap_verdict(("r", 2.0, 0.0), [("v", 2.05, 0.0)], 0.05)[0] == "reproduced"
+    assert measures.gap_verdict(("r", 2.0, 0.0), [("v", 2.3, 0.0)], 0.05) == (
+        "not reproduced", "v +15.0% (noise 4.3%); limit +5%")
     assert pareto_front([("x", 1, 5), ("y", 2, 4), ("z", 3, 6)]) == ["x", "y"]
 
 
@@ -286,14 +301,17 @@ def test_a_result_that_is_no_reproduction_is_not_testable_where_the_papers_condi
     study = study_lib.Study(name="x", config="configs/default.py", size=size, runs=(study_lib.RunSpec("A", "SM"),),
                             train=dict(num_steps=1000))
     config = study_lib.run_config(study, study.runs[0], 0)
-    condition = study_lib.Condition(num_layers=12, num_steps=30_000, dtype="float16")
+    condition = study_lib.Condition(num_layers=12, num_steps=30_000, dtype="float16", heads=144)
     unmet = condition.unmet(config)
-    assert unmet == ["L=4 (the papers: L=12)", "1,000 steps (the papers: ~30,000)", "float32 (the papers: float16)"]
-    assert study_lib.Condition(num_layers=4, num_steps=1000).unmet(config) == []
+    assert unmet == ["L=4 (the papers: L=12)", "16 heads, one head 6.25% of them (the papers: 144)",
+                     "1,000 steps (the papers: ~30,000)", "float32 (the papers: float16)"]
+    assert study_lib.Condition(num_layers=4, num_steps=1000, heads=16).unmet(config) == []
     for measured in ("not reproduced", "inconclusive"):
-        assert judged(measured, unmet)[0] == "not testable here" and measured in judged(measured, unmet)[1]
-        assert judged(measured, []) == (measured, "")
-    assert judged("reproduced", unmet) == ("reproduced", "")  # the effect appeared even without the condition
+        verdict, reason = judged((measured, "why"), unmet)
+        assert verdict == "not testable here" and reason.startswith(f"measured {measured}: why; the runs lack")
+        assert judged((measured, "why"), []) == (measured, "why")
+    verdict, reason = judged(("reproduced", "why"), unmet)  # the effect appeared even without the condition
+    assert verdict == "reproduced" and "even without the papers' condition: L=4" in reason
     assert "not testable here" in study_lib.VERDICTS and len(study_lib.VERDICTS) == 4
 
 
@@ -307,25 +325,32 @@ def test_a_temperature_claim_needs_a_run_with_learnable_temperatures():
 
 @pytest.mark.parametrize("parameterisation", ["log", "raw"])
 def test_scaling_every_temperature_raises_every_heads_entropy_at_fixed_weights(parameterisation):
-    """The papers' property of SM(t), on a tiny random model whose attention is neither uniform nor one-hot (init 0.1, t = 1e-2): t x 2
-    spreads every head, t x 0.5 sharpens it."""
+    """The papers' property of SM(t), on a tiny random model whose attention is neither uniform nor one-hot
+    (init 0.1, t = 1e-2): t x 2 spreads every head, t x 0.5 sharpens it."""
     config = presets.model_config("SM(t)+ScFuFFN", size="tiny", vocab_size=257, max_len=16, num_layers=2,
                                   num_heads=2, temperature_param=parameterisation, init_std=0.1)
-    model = AeroLM(config)
-    variables = init_variables(model, jax.random.key(0))
+    variables = init_variables(AeroLM(config), jax.random.key(0))
     rows = np.random.default_rng(0).integers(0, 257, (8, 16))
-    entropy = {c: evaluate_rows(measures.scale_temperatures(variables["params"], config, c),
-                                {k: v for k, v in variables.items() if k != "params"}, rows, model=model,
-                                batch_size=4, max_batches=0)["head_entropy"] for c in (0.5, 1.0, 2.0)}
-    assert measures.monotone_heads(entropy) == (1.0, 0.0)
-    assert measures.intervention_verdict(*measures.monotone_heads(entropy)) == "reproduced"
-    reversed_ = {0.5: entropy[2.0], 1.0: entropy[1.0], 2.0: entropy[0.5]}
-    assert measures.monotone_heads(reversed_)[1] == 1.0
-    assert measures.intervention_verdict(*measures.monotone_heads(reversed_)) == "not reproduced"
-    scaled = measures.scale_temperatures(variables["params"], config, 2.0)
-    for layer in range(2):
-        assert np.allclose(temperatures(scaled[f"block_{layer}"]["attn"], config),
-                           2 * temperatures(variables["params"][f"block_{layer}"]["attn"], config))
+    entropy = {c: evaluate_rows(variables["params"], {k: v for k, v in variables.items() if k != "params"}, rows,
+                                model=AeroLM(config.replace(temperature_scale=c)), batch_size=4,
+                                max_batches=0)["head_entropy"] for c in (0.5, 1.0, 2.0)}
+    rises, falls = measures.rising_heads(entropy)
+    assert rises.all() and not falls.any()
+    assert measures.intervention_verdict(rises, falls) == ("reproduced", "100% of the heads rise with c, 0% fall")
+    rises, falls = measures.rising_heads({0.5: entropy[2.0], 1.0: entropy[1.0], 2.0: entropy[0.5]})
+    assert falls.all() and measures.intervention_verdict(rises, falls)[0] == "not reproduced"
+    flat = {c: entropy[1.0] for c in entropy}  # heads that do not move (uniform or one-hot at every c)
+    assert measures.intervention_verdict(*measures.rising_heads(flat))[0] == "inconclusive"
+
+
+def test_temperature_scale_multiplies_t_exactly_even_below_the_raw_floor():
+    config = presets.model_config("SM(t)+ScFuFFN", size="tiny", vocab_size=257, max_len=4, num_layers=1,
+                                  num_heads=2, temperature_param="raw")
+    attn = {"temperature": np.array([[1e-2, 5e-5, -1.0, 1e-4], [2.0, 1e-4, 3e-4, 0.5]], np.float32)}
+    t = np.asarray(temperatures(attn, config))
+    assert t.min() == pytest.approx(1e-4)  # the floor
+    for scale in (0.5, 2.0):
+        assert np.allclose(temperatures(attn, config.replace(temperature_scale=scale)), scale * t, rtol=1e-6)
 
 
 def test_temperature_movement_is_the_ratio_to_the_initial_value_per_layer():
@@ -337,10 +362,10 @@ def test_temperature_movement_is_the_ratio_to_the_initial_value_per_layer():
 
 def test_evaluation_rows_are_a_fixed_random_sample_not_a_prefix():
     rows = np.arange(100)[:, None] * np.ones((1, 4), int)
-    sample = evaluation_rows(rows, batch_size=10, max_batches=3)
-    assert sample.shape == (30, 4) and np.array_equal(sample, evaluation_rows(rows, batch_size=10, max_batches=3))
+    sample, described = evaluation_rows(rows, batch_size=10, max_batches=3)
+    assert sample.shape == (30, 4) and np.array_equal(sample, evaluation_rows(rows, batch_size=10, max_batches=3)[0])
     assert not np.array_equal(sample[:, 0], np.arange(30)) and np.all(np.diff(sample[:, 0]) > 0)
-    assert np.array_equal(evaluation_rows(rows, batch_size=10, max_batches=0), rows)
-    assert np.array_equal(evaluation_rows(rows[:95], batch_size=10, max_batches=20), rows[:90])  # whole batches
-    assert "whole validation split (90 of 95" in describe_evaluation_rows(95, batch_size=10, max_batches=0)
-    assert "random sample of 30 of the 100" in describe_evaluation_rows(100, batch_size=10, max_batches=3)
+    assert "random sample of 30 of the 100" in described
+    assert np.array_equal(evaluation_rows(rows, batch_size=10, max_batches=0)[0], rows)
+    whole, described = evaluation_rows(rows[:95], batch_size=10, max_batches=20)
+    assert np.array_equal(whole, rows[:90]) and "whole validation split (90 of 95" in described  # whole batches

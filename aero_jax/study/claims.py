@@ -14,6 +14,7 @@ from etils import epath
 
 from aero_jax import presets
 from aero_jax.config import ConfigError
+from aero_jax.entropy import MAX_REFERENCES
 from aero_jax.run_log import metric_series
 from aero_jax.study import measures
 from aero_jax.study.spec import Condition, Study, run_config, workdir_of
@@ -44,18 +45,20 @@ class Context:
         return run_config(self.study, run, run.seeds[0])
 
     def unmet(self, condition: Optional[Condition], names: Sequence[str]) -> List[str]:
-        """What the claim's runs lack of its condition (read from the first run's config)."""
-        return condition.unmet(self.config(names[0])) if condition else []
+        """What the claim's runs lack of its condition, over all of them, each lack once."""
+        if condition is None:
+            return []
+        return list(dict.fromkeys(lack for n in names for lack in condition.unmet(self.config(n))))
 
-    def head_entropies(self, name: str) -> List[np.ndarray]:
-        """The newest evaluation's head entropy [L, H] of each seed that has one (a run that diverged before its
-        first evaluation has none)."""
-        from aero_jax.reports import newest_head_entropy
+    def head_entropies(self, name: str) -> Dict[int, Tuple[int, np.ndarray]]:
+        """{seed: (step, head entropy [L, H]) of its newest evaluation} for the seeds that have one (a run that
+        diverged has its last one, or none before its first evaluation)."""
+        from aero_jax.reports import newest_evaluation
 
-        found = []
-        for workdir in self.workdirs(name):
+        found = {}
+        for seed, workdir in zip(self.study.run(name).seeds, self.workdirs(name)):
             try:
-                found.append(newest_head_entropy(workdir))
+                found[seed] = newest_evaluation(workdir)
             except ConfigError:
                 continue
         return found
@@ -63,7 +66,7 @@ class Context:
     def share(self, name: str, entropy_range: str, reference: str) -> Optional[float]:
         """The run's share of heads in the range, mean over its evaluated seeds; None without an evaluation."""
         values = [measures.range_share(e, entropy_range, reference=reference, seq_len=self.study.size["max_len"])
-                  for e in self.head_entropies(name)]
+                  for _, e in self.head_entropies(name).values()]
         return float(np.mean(values)) if values else None
 
     def curves(self, names: Sequence[str]) -> Dict[str, list]:
@@ -83,11 +86,16 @@ class Outcome:
     figures: Dict[str, object]
 
 
-def judged(verdict: str, unmet: Sequence[str]) -> Tuple[str, str]:
-    """A result that is not a reproduction, from runs that lack the papers' condition, is not testable here."""
-    if verdict != "reproduced" and unmet:
-        return "not testable here", f"measured {verdict}, but the runs lack the papers' condition: {'; '.join(unmet)}"
-    return verdict, ""
+def judged(measured: measures.Verdict, unmet: Sequence[str]) -> Tuple[str, str]:
+    """(verdict, reason): a result that is not a reproduction, from runs that lack the papers' condition, is not
+    testable here; a reproduction without it says so."""
+    verdict, why = measured
+    if unmet and verdict != "reproduced":
+        return "not testable here", (f"measured {verdict}: {why}; the runs lack the papers' condition: "
+                                     f"{'; '.join(unmet)}")
+    if unmet:
+        return verdict, f"{why}; even without the papers' condition: {'; '.join(unmet)}"
+    return verdict, why
 
 
 def _percent(value: Optional[float]) -> str:
@@ -99,7 +107,9 @@ def _paper(value: Optional[float], fmt: str = "{:.2f}") -> str:
 
 
 def _relative(values: Mapping[str, float], base: str) -> Dict[str, float]:
-    return {n: v / values[base] for n, v in values.items() if math.isfinite(v)} if base in values else {}
+    if not math.isfinite(values.get(base, math.inf)):
+        return {}
+    return {n: v / values[base] for n, v in values.items() if math.isfinite(v)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,15 +147,17 @@ class OrderClaim(Claim):
         measured = ctx.measured(self.order)
         verdict, reason = judged(measures.order_verdict(measured), ctx.unmet(self.condition, self.order))
         lines = [f"Claimed order, lowest perplexity first: {' < '.join(self.order)}. {self.source}".strip(), "",
-                 *_perplexity_table(measured, self.paper)]
+                 *_perplexity_table(measured, self.paper),
+                 f"A step holds when its gap exceeds the seed spread of both runs, and at least "
+                 f"{measures.ONE_SEED_NOISE:.0%} of the perplexity (the noise of one seed).", ""]
         made = {"validation": figures.validation_curves(ctx.curves(self.order), title="Validation perplexity "
                                                         "(mean over seeds, range shaded)")}
-        if self.paper:
+        if self.order[0] in self.paper and len(self.paper) > 1:  # a ratio to the first run needs its value
             ours = {n: m for n, m, _ in measured}
             made["versus_paper"] = figures.versus_paper(
                 _relative(ours, self.order[0]), _relative(dict(self.paper), self.order[0]),
                 title=f"Perplexity relative to {self.order[0]}", value_label=f"perplexity / {self.order[0]}'s")
-        return Outcome(lines, verdict, reason or "each step must hold by more than the seed spread", made)
+        return Outcome(lines, verdict, reason, made)
 
 
 def _perplexity_table(measured: Sequence[measures.Measured], paper: Mapping[str, float]) -> List[str]:
@@ -176,6 +188,7 @@ class GapClaim(Claim):
         increases = {n: m / base - 1 for n, m, _ in measured[1:]}
         verdict, reason = judged(measures.gap_verdict(measured[0], measured[1:], self.max_increase),
                                  ctx.unmet(self.condition, self.runs()))
+        increases = {n: i for n, i in increases.items() if math.isfinite(i)}
         paper = {n: self.paper[n] / self.paper[self.reference] - 1 for n in self.variants
                  if n in self.paper and self.reference in self.paper}
         lines = [f"Claimed: {', '.join(self.variants)} within {self.max_increase:.0%} of {self.reference}'s "
@@ -188,7 +201,7 @@ class GapClaim(Claim):
                                                      {n: 100 * i for n, i in paper.items()},
                                                      title=f"Perplexity increase over {self.reference}",
                                                      value_label="increase (%)", fmt="{:+.1f}")}
-        return Outcome(lines, verdict, reason or f"each variant within {self.max_increase:.0%}", made)
+        return Outcome(lines, verdict, reason, made)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +234,8 @@ class InstabilityClaim(Claim):
             rows.append(f"| {seed} | {summary['step'] if diverged else 'no'} | {first_bad} | "
                         f"{'-' if diverged else format(summary['validation_perplexity'], '.3f')} |")
         measured = "reproduced" if all(unstable) else "not reproduced" if not any(unstable) else "inconclusive"
-        verdict, reason = judged(measured, ctx.unmet(self.condition, self.runs()))
+        why = f"{sum(unstable)} of {len(unstable)} seeds diverged or showed non-finite attention"
+        verdict, reason = judged((measured, why), ctx.unmet(self.condition, (self.run,)))
         claimed = f"Claimed: {self.run} is unstable: it diverges or its attention turns non-finite. {self.source}"
         lines = [claimed.strip(), "", "| seed | diverged at step | first non-finite attention | perplexity |",
                  "|---|---|---|---|", *rows, ""]
@@ -230,7 +244,7 @@ class InstabilityClaim(Claim):
                                                  value_label=metric.replace("_", " "))
                 for metric, what in (("nonfinite_attention", "Non-finite attention probabilities per layer"),
                                      ("layer_entropy", "Mean attention entropy of each layer during training"))}
-        return Outcome(lines, verdict, reason or "divergence or non-finite attention in every seed", made)
+        return Outcome(lines, verdict, reason, made)
 
 
 def _per_layer_series(workdirs: Mapping[str, str], metric: str) -> Dict[str, Tuple[List[int], np.ndarray]]:
@@ -259,24 +273,25 @@ class _EntropyRangeClaim(Claim):
                               f"{', '.join(measures.RANGES)}")
 
     def shares(self, ctx) -> Dict[str, Dict[str, Optional[float]]]:
-        return {ref: {n: ctx.share(n, self.entropy_range, ref) for n in self.runs()}
-                for ref in measures.SHARE_REFERENCES}
+        return {ref: {n: ctx.share(n, self.entropy_range, ref) for n in self.runs()} for ref in MAX_REFERENCES}
 
     def table(self, ctx, shares) -> List[str]:
         heads = ctx.study.size["num_layers"] * ctx.study.size["num_heads"]
         what = "[3M/4, M]" if self.entropy_range == "top" else "[0, M/4)"
-        return [f"Share of all {heads} heads in {what}. {OBSERVED_M} One head is {1 / heads:.1%} of the heads"
-                + (": the head that sets M is always in the top range." if self.entropy_range == "top" else "."), "",
-                "| run | share, M = largest observed (the papers' M) | share, M = log T | the papers |",
-                "|---|---|---|---|",
-                *[f"| {n} | {_percent(shares['observed'][n])} | {_percent(shares['log_t'][n])} | "
+        steps = {n: ", ".join(str(step) for step, _ in ctx.head_entropies(n).values()) or "-" for n in self.runs()}
+        return [f"Share of all {heads} heads in {what}. {OBSERVED_M} One head is 1/{heads} ({1 / heads:.2%}) of the "
+                f"heads" + (": the head that sets M is always in the top range." if self.entropy_range == "top" else
+                            "."), "",
+                "| run | evaluated at step | share, M = largest observed (the papers' M) | share, M = log T | "
+                "the papers |", "|---|---|---|---|---|",
+                *[f"| {n} | {steps[n]} | {_percent(shares['observed'][n])} | {_percent(shares['log_t'][n])} | "
                   f"{_paper(self.paper.get(n), '{:.1%}')} |" for n in self.runs()], ""]
 
     def figures(self, ctx, shares) -> Dict[str, object]:
         from aero_jax import figures
         from aero_jax.entropy import entropy_range_shares
 
-        first = {n: e[0] for n in self.runs() for e in [ctx.head_entropies(n)] if e}
+        first = {n: next(iter(found.values()))[1] for n in self.runs() for found in [ctx.head_entropies(n)] if found}
         what = "[3M/4, M]" if self.entropy_range == "top" else "[0, M/4)"
         made = {"versus_paper": figures.versus_paper(
             {n: 100 * v for n, v in shares["observed"].items() if v is not None},
@@ -312,7 +327,7 @@ class ShareClaim(_EntropyRangeClaim):
         lines = [f"Claimed: a larger share of heads in the {self.entropy_range} range for {', '.join(self.larger)} "
                  f"than for {', '.join(self.smaller)}. {self.source}".strip(), "",
                  *self.table(ctx, shares)]
-        return Outcome(lines, verdict, reason or "on M = largest observed", self.figures(ctx, shares))
+        return Outcome(lines, verdict, reason, self.figures(ctx, shares))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,19 +341,18 @@ class TrendClaim(_EntropyRangeClaim):
 
     def outcome(self, ctx):
         shares = self.shares(ctx)
-        verdict, reason = judged(measures.trend_verdict([shares["observed"][n] for n in self.order]),
+        verdict, reason = judged(measures.trend_verdict(shares["observed"], self.order),
                                  ctx.unmet(self.condition, self.order))
         lines = [f"Claimed: the share of heads in the {self.entropy_range} range grows along "
                  f"{', '.join(self.order)}. {self.source}".strip(), "", *self.table(ctx, shares)]
-        return Outcome(lines, verdict, reason or "strictly growing, on M = largest observed",
-                       self.figures(ctx, shares))
+        return Outcome(lines, verdict, reason, self.figures(ctx, shares))
 
 
 @dataclasses.dataclass(frozen=True)
 class TemperatureClaim(Claim):
-    """The papers' property of SM(t): at fixed logits, raising t raises a head's entropy. Tested by an intervention
-    on the trained `run` (first seed): every t scaled by each of `scales`, the weights fixed; and how far t moved
-    from its initial value in training."""
+    """The papers' property of SM(t): raising t spreads a head's attention. Tested by an intervention on the trained
+    `run` (first seed): every t multiplied by each of `scales`, the weights fixed; and how far t moved from its
+    initial value in training."""
 
     run: str = ""
     scales: Tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -347,10 +361,9 @@ class TemperatureClaim(Claim):
         return (self.run,)
 
     def check(self, study):
-        preset = presets.resolve(study.run(self.run).preset)
-        if not presets.model_config(preset, size="tiny", **study.size).learnable_temperature:
-            raise ConfigError(f"claim {self.title!r}: run {self.run} ({preset}) has no learnable temperature; "
-                              f"accepted: a run of an SM(t) preset")
+        if not run_config(study, study.run(self.run), study.run(self.run).seeds[0]).model.learnable_temperature:
+            raise ConfigError(f"claim {self.title!r}: run {self.run} ({study.run(self.run).preset}) has no learnable "
+                              f"temperature; accepted: a run of an SM(t) preset")
 
     def outcome(self, ctx):
         from aero_jax import figures
@@ -360,35 +373,38 @@ class TemperatureClaim(Claim):
         run = restore_run(workdir)
         _, val_rows = run_data(run.config, run.model.config.max_len)
         entropy = measures.temperature_intervention(run, val_rows, self.scales)
-        rising, falling = measures.monotone_heads(entropy)
+        rises, falls = measures.rising_heads(entropy)
         snapshots = measures.temperature_snapshots(workdir)
-        movement = measures.temperature_movement(snapshots[max(snapshots)], run.model.config.temperature_init)
-        layers = len(movement)
-        lines = [f"Claimed (2501.03489, Appendix A): at fixed logits, t > 1 spreads a head's "
-                 f"attention and t < 1 sharpens it. Every t of {self.run} (first seed, step {run.step}, "
-                 f"t parameterised as {run.model.config.temperature_param}) is scaled by c, the weights fixed.", "",
-                 "| c | " + " | ".join(f"layer {i}" for i in range(layers)) + " |", "|---|" + "---|" * layers,
-                 *[f"| {c:g} | " + " | ".join(f"{e[i].mean():.4f}" for i in range(layers)) + " |"
-                   for c, e in sorted(entropy.items())], "",
-                 f"Mean head entropy of each layer (nats). Heads whose entropy rises with c (never falls, ends "
-                 f"higher): {rising:.0%}; heads whose entropy falls at some step: {falling:.0%}.", "",
+        config = run.model.config
+        movement = measures.temperature_movement(snapshots[max(snapshots)], config.temperature_init)
+        layers = range(len(movement))
+        lines = [f"Claimed (2501.03489, Appendix A): t > 1 spreads a head's attention and t < 1 sharpens it. Every t "
+                 f"of {self.run} (first seed, step {run.step}, {config.temperature_param} t) is multiplied by c, the "
+                 f"weights fixed. In layer 0 the logits are then fixed too, so its entropy must rise (softmax "
+                 f"entropy never falls as the temperature grows); deeper layers also see their inputs change.", "",
+                 "| c | " + " | ".join(f"layer {i}" for i in layers) + " |", "|---|" + "---|" * len(layers),
+                 *[f"| {c:g} | " + " | ".join(f"{e[i].mean():.4f}" for i in layers) + " |"
+                   for c, e in sorted(entropy.items())],
+                 "| heads rising with c | " + " | ".join(f"{rises[i].mean():.0%}" for i in layers) + " |",
+                 "| heads falling | " + " | ".join(f"{falls[i].mean():.0%}" for i in layers) + " |", "",
+                 "Mean head entropy of each layer (nats) at each c; a head rises when its entropy never falls and "
+                 "ends higher.", "",
                  f"How far t moved in training: t / t_init at step {max(snapshots)} (t_init = "
-                 f"{run.model.config.temperature_init:g}), min / median / max over each layer's heads and positions:",
-                 "", "| layer | min | median | max |", "|---|---|---|---|",
+                 f"{config.temperature_init:g}), min / median / max over each layer's heads and positions:", "",
+                 "| layer | min | median | max |", "|---|---|---|---|",
                  *[f"| {i} | {lo:.4g} | {mid:.4g} | {hi:.4g} |" for i, (lo, mid, hi) in enumerate(movement)], ""]
-        made = {"intervention": figures.intervention(entropy, title=f"{self.run}: head entropy with every t scaled "
-                                                     f"by c, weights fixed"),
+        made = {"intervention": figures.intervention(entropy, title=f"{self.run}: head entropy with every t "
+                                                     f"multiplied by c, weights fixed"),
                 "temperatures": figures.temperature_evolution(snapshots, title=f"{self.run}, first seed: learned "
                                                               f"temperature t")}
-        return Outcome(lines, measures.intervention_verdict(rising, falling),
-                       "every head's entropy rises with c", made)
+        return Outcome(lines, *measures.intervention_verdict(rises, falls), made)
 
 
 @dataclasses.dataclass(frozen=True)
 class SubstituteClaim(Claim):
-    """This project's extension (from the seed's summary, not a measured claim of the papers): `run`, a LayerNorm
-    model, served with the calibrated, folded substitute after `finetune_steps` steps of fine-tuning is within
-    `max_increase` of the same model fine-tuned as long with its LayerNorm."""
+    """This project's extension (from the project's founding summary of AERO, not a measured claim of the papers):
+    `run`, a LayerNorm model, served with the calibrated substitute (folded: exact) after `finetune_steps` steps of
+    fine-tuning is within `max_increase` of the same model fine-tuned as long with its LayerNorm."""
 
     run: str = ""
     finetune_steps: int = 200
@@ -399,16 +415,22 @@ class SubstituteClaim(Claim):
         return (self.run,)
 
     def result(self, ctx) -> dict:
-        """aero-ln-substitute's result for the run's first seed, computed once and kept in OUT."""
+        """aero-ln-substitute's result for the run's first seed, kept in OUT and reused while it is of the same
+        workdir, step, evaluation rows and fine-tune."""
         from aero_jax.ln_substitute import substitute_report
 
+        workdir, seed = ctx.workdirs(self.run)[0], ctx.study.run(self.run).seeds[0]
         cached = os.path.join(ctx.out, f"ln_substitute_{presets.slug(self.run)}_ft{self.finetune_steps}.json")
         if os.path.exists(cached):
             with open(cached) as f:
                 result = json.load(f)
-            if "perplexity_with_layernorm_finetuned" in result or not self.finetune_steps:
+            summary = ctx.summaries[(self.run, seed)]
+            if (result.get("workdir"), result.get("step"), result.get("validation_rows"), result.get(
+                    "finetune_steps", 0)) == (workdir, summary["step"], summary.get("validation_rows"),
+                                              self.finetune_steps):
                 return result
-        result = substitute_report(ctx.workdirs(self.run)[0], finetune_steps=self.finetune_steps)
+        result = substitute_report(workdir, finetune_steps=self.finetune_steps)
+        result.setdefault("finetune_steps", 0)
         write_text_atomically(epath.Path(cached), json.dumps(result, indent=1))
         return result
 
@@ -425,7 +447,8 @@ class SubstituteClaim(Claim):
                   "substitute": result["perplexity_substitute"], "folded": result["perplexity_folded"]}
         if tuned:
             values.update({"substitute, fine-tuned": after, "LayerNorm, fine-tuned": before})
-        lines = [f"Claimed (the seed's summary): served with the substitute after {self.finetune_steps} fine-tuning "
+        lines = [f"Claimed (the project's founding summary of AERO): served with the substitute after "
+                 f"{self.finetune_steps} fine-tuning "
                  f"steps, {self.run} is within {self.max_increase:.0%} of the same model given the same "
                  f"{self.finetune_steps} steps with its LayerNorm, and saves communication.", "",
                  "| " + " | ".join(values) + " | communication saved |", "|---" * (len(values) + 1) + "|",
@@ -433,4 +456,4 @@ class SubstituteClaim(Claim):
         made = {"substitute": figures.bars(values, title=f"{self.run}: the LayerNorm substitute",
                                            value_label="validation perplexity")}
         verdict = "reproduced" if increase <= self.max_increase else "not reproduced"
-        return Outcome(lines, verdict, f"{increase:+.1%}", made)
+        return Outcome(lines, verdict, f"{increase:+.1%} against the limit +{self.max_increase:.0%}", made)

@@ -12,10 +12,11 @@ import numpy as np
 from etils import epath
 
 from aero_jax import presets
+from aero_jax.config import ConfigError
 from aero_jax.run_config import SIZE_FIELDS
 from aero_jax.run_log import metric_series
-from aero_jax.study.claims import VERDICTS, Context
-from aero_jax.study.spec import PAPER_SIZE, RunSpec, Study, workdir_of
+from aero_jax.study.claims import VERDICTS, Context, Outcome
+from aero_jax.study.spec import PAPER_SIZE, RunSpec, Study
 from aero_jax.workdir import write_text_atomically
 
 
@@ -54,9 +55,10 @@ def headline(ctx: Context, costs: Mapping[str, dict]) -> str:
 
 def evaluated_rows(summaries: Mapping[Tuple[str, int], dict]) -> str:
     """Which validation rows the runs' perplexities cover, as their summaries state it (one statement when they
-    agree, every distinct one otherwise)."""
+    agree, every distinct one otherwise), naming the finished runs whose summary does not say."""
     stated = sorted({s["validation_rows"] for s in summaries.values() if "validation_rows" in s})
-    return "; ".join(stated) if stated else "not recorded by these runs"
+    unstated = sorted({run for (run, _), s in summaries.items() if "validation_rows" not in s and "diverged" not in s})
+    return "; ".join(stated or ["not recorded"]) + (f" (not recorded by {', '.join(unstated)})" if unstated else "")
 
 
 def runs_table(ctx: Context, costs: Mapping[str, dict]) -> List[str]:
@@ -131,12 +133,16 @@ def write_page(study: Study, summaries, out: str, command: str, root: str) -> st
     verdicts: Dict[str, str] = {}
     claim_lines = ["## Claims", ""]
     for index, claim in enumerate(study.claims, start=1):
-        outcome = claim.outcome(ctx)
-        verdicts[claim.title] = outcome.verdict
+        try:
+            outcome = claim.outcome(ctx)
+        except ConfigError as error:  # e.g. a run with no readable checkpoint: the other claims still count
+            outcome = Outcome([], "inconclusive", f"cannot be measured: {error}", {})
+        label = " (this project's extension)" if claim.extension else ""
+        verdicts[claim.title + label] = outcome.verdict
         claim_lines += [f"### {claim.title}", ""]
         if claim.extension:
-            claim_lines += ["*This project's extension, from the seed's summary: not a measured claim of the "
-                            "papers.*", ""]
+            claim_lines += ["*This project's extension, from its founding summary of AERO: not a measured claim of "
+                            "the papers.*", ""]
         claim_lines += outcome.lines + [f"Verdict: **{outcome.verdict}** ({outcome.reason}).", ""]
         claim_lines += [f"![{key}]({saved(f'claim{index}_{key}', fig)})" for key, fig in outcome.figures.items()]
         claim_lines += [""]

@@ -32,12 +32,16 @@ class Condition:
     num_layers: int = 0  # at least
     num_steps: int = 0  # at least
     dtype: str = ""  # exactly, e.g. "float16"
+    heads: int = 0  # at least, L x H: a share finer than one head in L x H cannot be told apart
 
     def unmet(self, config) -> List[str]:
         """What a run config lacks of the condition, each as "ours (the papers' value)"."""
         missing = []
         if config.model.num_layers < self.num_layers:
             missing.append(f"L={config.model.num_layers} (the papers: L={self.num_layers})")
+        heads = config.model.num_layers * config.model.num_heads
+        if heads < self.heads:
+            missing.append(f"{heads} heads, one head {1 / heads:.2%} of them (the papers: {self.heads})")
         if config.train.num_steps < self.num_steps:
             missing.append(f"{config.train.num_steps:,} steps (the papers: ~{self.num_steps:,})")
         if self.dtype and config.model.dtype != self.dtype:
@@ -68,10 +72,10 @@ def load_study(spec: str) -> Study:
     config file loads."""
     study = _call_file(spec, "get_study", f"--spec={spec}",
                        "a study file defining get_study(variant), such as studies/paper_claims.py[:variant]")
-    check_study(study)
     _call_file(study.config, "get_config", f"--spec={spec}: its config {study.config}",
                "a config file defining get_config(variant), such as configs/default.py[:variant], relative to the "
                "current folder")
+    check_study(study)
     return study
 
 
