@@ -54,8 +54,11 @@ CLAIM_2 = InstabilityClaim("2. The softmax-only model without a fix (SM) is unst
                            condition=PAPERS_FP16_TRAINING, source="The papers: \"SM diverges (NaNs)\".")
 CLAIM_3A = ShareClaim("3a. Entropic overload: without LayerNorm, SM+G has more heads in the top entropy range than "
                       "SM+R", entropy_range="top", larger=("SM+G",), smaller=("SM+R",),
-                      paper={"SM+G": 0.58, "SM+R": 0.23}, condition=PAPERS_DEPTH,
-                      source="The papers: 58% of SM+G's heads and 23% of SM+R's in [3M/4, M].")
+                      paper={"SM+G": 0.58, "SM+R": 0.23}, condition=PAPERS_TRAINING,
+                      source="The papers: 58% of SM+G's heads and 23% of SM+R's in [3M/4, M], in trained models. "
+                             "Every head starts near the top range (attention is near uniform at initialisation), so "
+                             "a share early in training measures how far each model has left it: the papers' "
+                             "training length is part of the condition.")
 CLAIM_3B = ShareClaim("3b. Entropy collapse without normalization (SM); weight norm, spectral norm and ScFFN on the "
                       "FFN each prevent it", entropy_range="bottom", larger=("SM",),
                       smaller=("SM+WNorm(FFN)", "SM+SNorm(FFN)", "SM+ScFFN"), paper={"SM": 0.33},
@@ -128,8 +131,9 @@ def _differences(size: dict, steps: int) -> str:
   whose negative result needs the papers' depth, length or precision is "not testable here", named.
 - Data: the Python standard library (the embedded default dataset) instead of CodeParrot's GitHub Python
   files: the same language, a much smaller and cleaner corpus, bytes instead of BPE.
-- Seeds: one per run (the budget of one working stretch on 2 cores for this page and its companion); a
-  perplexity order then holds by any margin, so read small gaps as ties.
+- Seeds: one per run (the budget of one working stretch on 2 cores for this page and its companion). A
+  perplexity step then counts only beyond 2% of the perplexity, the noise of one seed (the first pass's
+  two-seed spreads were 0.8% to 3.5%).
 - Entropy ranges: the papers' M, "the maximum observed entropy value among all heads" (2501.03489, Section 3),
   over all L x H heads; with L x H heads one head is 1/(L x H) of them, and the head that sets M is always in
   the top range, so a top share below 1/(L x H) (the papers' 0.7% of 144 heads) cannot occur here.

@@ -152,10 +152,11 @@ class OrderClaim(Claim):
                  f"{measures.ONE_SEED_NOISE:.0%} of the perplexity (the noise of one seed).", ""]
         made = {"validation": figures.validation_curves(ctx.curves(self.order), title="Validation perplexity "
                                                         "(mean over seeds, range shaded)")}
-        if self.order[0] in self.paper and len(self.paper) > 1:  # a ratio to the first run needs its value
+        paper = {n: self.paper[n] for n in self.order if n in self.paper}
+        if self.order[0] in paper and len(paper) > 1:  # a ratio to the first run needs its value
             ours = {n: m for n, m, _ in measured}
             made["versus_paper"] = figures.versus_paper(
-                _relative(ours, self.order[0]), _relative(dict(self.paper), self.order[0]),
+                _relative(ours, self.order[0]), _relative(paper, self.order[0]),
                 title=f"Perplexity relative to {self.order[0]}", value_label=f"perplexity / {self.order[0]}'s")
         return Outcome(lines, verdict, reason, made)
 

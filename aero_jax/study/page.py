@@ -120,9 +120,8 @@ def write_page(study: Study, summaries, out: str, command: str, root: str) -> st
              f"Python {platform.python_version()}), {datetime.date.today().isoformat()}. Every number below is "
              f"read from the runs' files and the PI cost model; rerun the command to regenerate it, and "
              f"`{command} --dry-run` prints the `aero-train` command of every run.", "",
-             f"Config `{study.config}` at {size}. Every perplexity on this page, of every run, the LayerNorm "
-             f"substitute included, is one evaluation (`trainer.evaluate_rows`) over the same rows: "
-             f"{evaluated_rows(summaries)}.", "",
+             f"Config `{study.config}` at {size}. Every perplexity on this page is one evaluation "
+             f"(`trainer.evaluate_rows`) over the same validation rows: {evaluated_rows(summaries)}.", "",
              *([headline(ctx, costs), ""] if study.headline else []),
              f"Verdicts, one of {len(VERDICTS)}: " + ", ".join(f"**{v}**" for v in VERDICTS) + ". \"Not testable "
              "here\" names the papers' condition the runs lack; it is given only to a result that is not a "
