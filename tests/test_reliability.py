@@ -622,6 +622,8 @@ _INTERRUPTED_IN = """
 import os, signal, sys
 import {module} as target
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if the suite runs in the background
+
 def interrupted(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while the command is doing this
 
