@@ -1,7 +1,7 @@
 """The papers' claims as runs: `aero-study --spec studies/paper_claims.py --out docs/results`.
 
-Variants: "" (the embedded dataset, bytes, a small model for a 2-core CPU, about 80 minutes), "deep" (the
-papers' L=12 at the same width, for the claims whose failure modes need depth, about 75 minutes:
+Variants: "" (the embedded dataset, bytes, a small model for a 2-core CPU, about 75 minutes), "deep" (the
+papers' L=12 at the same width, for the claims whose failure modes need depth, about an hour:
 `--spec studies/paper_claims.py:deep --out docs/results_deep`), "long" (the default, four times longer:
 `--out docs/results_long`) and "gpt2_codeparrot" (GPT-2 small on CodeParrot with the released recipe, for a
 TPU; see docs/runbook_tpu.md).
@@ -29,7 +29,7 @@ def _runs():
 
 
 DEEP = dict(SMALL, num_layers=12)  # the papers' depth at the small width: where collapse and overload can appear
-DEEP_STEPS = 600  # ten runs in about 75 minutes on 2 CPU cores (one run timed: 0.6 s a step at L=12)
+DEEP_STEPS = 600  # ten runs in about an hour on 2 CPU cores (one run timed: 0.6 s a step at L=12)
 
 
 def _deep_runs():
@@ -107,12 +107,13 @@ FIRST_PASS = {  # docs/results.md of 2026-11-29 (git history), and what this pas
     "2": ("not reproduced", "instability is the papers' divergence or NaNs (the study's own 1.1x perplexity "
                             "fallback is gone); the papers' L=12, fp16, ~30K steps are its condition"),
     "3a": ("not reproduced", "metric: the papers' M (largest observed head entropy) over all L x H heads, instead of "
-                             "log T over the first half of the layers; the papers' depth as condition"),
+                             "log T over the first half of the layers; the papers' depth and length as condition"),
     "3b": ("inconclusive", "variants: the papers' FFN-only normalizations instead of QK+FFN; metric as 3a; the "
                            "papers' depth and length as condition"),
     "4": ("not reproduced", "one seed instead of two; evaluation on a random sample of rows"),
     "5": ("reproduced", "the papers' depth as condition; one seed instead of two"),
-    "5b": ("not reproduced", "metric: the papers' M over all heads instead of log T"),
+    "5b": ("not reproduced", "metric: the papers' M over all heads instead of log T; the papers' 144 heads as "
+                             "condition (their shares differ by 2 to 4 heads; one head is 6.25% here)"),
     "6a": ("not reproduced", "the papers' property, at fixed logits: every t scaled at fixed weights, instead of a "
                              "correlation of t and entropy across heads"),
     "6b": ("not reproduced", "as 6a"),
