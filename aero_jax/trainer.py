@@ -124,6 +124,13 @@ def evaluation_rows(rows_NxT: np.ndarray, *, batch_size: int, max_batches: int) 
                                        f"split and sample size)")
 
 
+@functools.lru_cache(maxsize=16)
+def jitted_eval_step(model: AeroLM):
+    """eval_step jitted once per model (a Module hashes by its config): repeated evaluations of one model, as a
+    substitute report or a temperature intervention makes, compile once."""
+    return jax.jit(functools.partial(eval_step, model=model))
+
+
 def evaluate_rows(params, model_state, rows_NxT: np.ndarray, *, model: AeroLM, batch_size: int,
                   max_batches: int, eval_fn=None, put=jnp.asarray) -> dict:
     """Validation loss, perplexity and head-entropy matrix over the run's evaluation rows (`evaluation_rows`).
@@ -132,7 +139,7 @@ def evaluate_rows(params, model_state, rows_NxT: np.ndarray, *, model: AeroLM, b
     the run's train.eval_batch_size and train.eval_batches. `put` turns a batch of rows (the same on every
     process) into the device array.
     """
-    eval_fn = eval_fn or jax.jit(lambda p, s, t: eval_step(p, s, t, model=model))
+    eval_fn = eval_fn or jitted_eval_step(model)
     rows_NxT, _ = evaluation_rows(rows_NxT, batch_size=batch_size, max_batches=max_batches)
     total = None
     for i in range(len(rows_NxT) // batch_size):
