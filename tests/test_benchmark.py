@@ -10,6 +10,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_step_throughput_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--tiny",
                           "--steps", "2", "--rounds", "2", "--warmup", "1"],
@@ -23,6 +24,7 @@ def test_step_throughput_smoke():
     assert "penalty_share_of_step" in lines[-1] and lines[-1]["matmul_roofline_gflops"] > 0
 
 
+@pytest.mark.slow
 def test_decode_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--tiny", "--repeats", "2"],
                          capture_output=True, text=True, check=True).stdout

@@ -127,6 +127,7 @@ np.save(sys.argv[4], out.entropy.numpy())
 """
 
 
+@pytest.mark.slow
 def test_exported_runs_load_in_a_fresh_process_without_jax(trained, tmp_path):
     for name in ("EReg(SM(t)+ScFuFFN)", "SM+SNorm(QK+FFN)", "SM+LReLU(learnable per layer)"):
         out = tmp_path / presets.slug(name)
@@ -223,6 +224,7 @@ def _gpt2_directory(tmp_path, corpus_text: str, vocab_size: int = 300):
     return out
 
 
+@pytest.mark.slow
 def test_an_imported_gpt2_evaluates_takes_the_substitute_and_fine_tunes(corpus, tmp_path):
     text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:3])
     workdir = tmp_path / "imported"
@@ -343,6 +345,7 @@ def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path
     assert not list(tmp_path.glob("*.partial-*")) and not list(tmp_path.glob("*.previous-*"))
 
 
+@pytest.mark.slow
 def test_bad_imports_are_refused_in_one_line(trained, corpus, tmp_path):
     text = "".join(p.read_text() for p in sorted(pathlib.Path(corpus["source_dir"]).glob("*.py"))[:2])
     source = _gpt2_directory(tmp_path, text)

@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "aero_quickstart.ipynb"
@@ -25,6 +26,7 @@ def without_install_cell(notebook):
     return notebook
 
 
+@pytest.mark.slow
 def test_the_quickstart_runs_top_to_bottom_without_its_install_cell(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("AERO_QUICKSTART_SMOKE", "1")
     monkeypatch.setenv("AERO_QUICKSTART_WORKDIR", str(tmp_path / "runs"))

@@ -108,6 +108,7 @@ def test_lambda_zero_reproduces_the_plain_loss():
     assert losses[0] == losses[1]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_keeps_the_penalty_strength():
     """Two microbatches give the full batch's penalty and gradients (per_position_sum sums over rows)."""
     from aero_jax.train_step import _accumulated_grads

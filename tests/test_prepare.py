@@ -36,6 +36,7 @@ def test_prepare_data_writes_both_splits_once(corpus):
     assert [os.stat(s["file"]).st_mtime_ns for s in splits] == modified  # read, not rebuilt
 
 
+@pytest.mark.slow
 def test_a_trained_bpe_tokenizer_feeds_the_pipeline(corpus, tmp_path):
     out = tmp_path / "tokenizer.json"
     source = [f"--source-dir={corpus['source_dir']}", f"--data-dir={corpus['data_dir']}"]

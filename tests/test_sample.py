@@ -189,6 +189,7 @@ def trained(corpus, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_aero_sample_prints_continuations_that_a_seed_reproduces(trained):
     args = ("--workdir", trained, "--prompt", "def f(x):", "--prompt", "import", "--max-new-tokens", 12,
             "--temperature", 0.9, "--top-k", 40, "--top-p", 0.95, "--num-samples", 2, "--seed", 7, "--json")
@@ -217,6 +218,7 @@ def _restored(workdir, step):
     return run.model, {"params": run.state.params, **run.state.model_state}
 
 
+@pytest.mark.slow
 def test_bad_sampling_requests_are_refused_in_one_line(trained, tmp_path):
     def refused(*args, expected, workdir=trained):
         assert_one_line(run_script("aero-sample", "--workdir", workdir, *args), "aero-sample", 2, *expected)

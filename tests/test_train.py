@@ -28,6 +28,7 @@ class SimulatedCrash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_equals_a_straight_run(corpus, tmp_path, monkeypatch):
     config = small_config(corpus)
     straight = Trainer(config, str(tmp_path / "straight")).run()
@@ -60,6 +61,7 @@ def _overrides(corpus):
     return [f"--config.data.{k}={v}" for k, v in corpus.items()]
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_resumable_workdir(corpus, tmp_path):
     workdir = tmp_path / "run"
     cmd = _cli(f"--config={ROOT / 'configs' / 'default.py'}:smoke", f"--workdir={workdir}", *_overrides(corpus),
@@ -175,6 +177,7 @@ def test_unknown_config_field_is_named(tmp_path):
     assert "num_stepz" in result.stderr
 
 
+@pytest.mark.slow
 def test_aero_eval_reports_a_workdir(corpus, tmp_path):
     Trainer(small_config(corpus, num_steps=4), str(tmp_path / "run")).run()
     result = subprocess.run([sys.executable, "-c", "from aero_jax.cli import evaluate; evaluate()",
