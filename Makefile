@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
 
-.PHONY: train test test-slow test-tpu bench results results-deep clean
+.PHONY: train test test-slow test-tpu pi-env test-pi bench results results-deep clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,20 @@ $(TPU_BIN)/.installed: setup.cfg pyproject.toml
 test-tpu: $(TPU_BIN)/.installed
 	JAX_PLATFORMS=cpu $(TPU_BIN)/python -m pytest tests/tpu
 
+# Measured private inference (aero-pi-measure): SecretFlow SPU pins jax 0.4.34 and numpy 1.26, so it has its own
+# environment (about 1 GB); the code that runs there (aero_jax/pi/private_forward.py) imports nothing of aero_jax.
+PI_BIN := .venv-pi/bin
+$(PI_BIN)/.installed:
+	$(PYTHON) -m venv .venv-pi
+	$(PI_BIN)/pip install --quiet --upgrade pip
+	$(PI_BIN)/pip install --quiet spu==0.9.5 safetensors
+	touch $@
+
+pi-env: $(PI_BIN)/.installed
+
+test-pi: $(BIN)/.installed $(PI_BIN)/.installed
+	AERO_PI_TESTS=1 $(BIN)/python -m pytest tests/pi
+
 # The reproduction study (studies/paper_claims.py): its runs, resumed where they stopped, then docs/results.md.
 results: $(BIN)/.installed
 	$(BIN)/aero-study --spec studies/paper_claims.py --out docs/results
@@ -49,4 +63,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/decode.py
 
 clean:
-	rm -rf $(VENV) .venv-tpu build *.egg-info
+	rm -rf $(VENV) .venv-tpu .venv-pi build *.egg-info
