@@ -26,13 +26,17 @@ from aero_jax import presets
 from aero_jax.model import AeroLM, init_variables, split_variables
 from aero_jax.pi import cost, fit, measure
 
-ARCHS = ("SM+LN+G", "SM+LN+R", "SM+ScFuFFN", "EReg(SM(t)+ScFuFFN)")
+# (row label, preset, overrides): the presets follow the released code's exact (erf) GELU; GPT-2's tanh form, which
+# the papers' engine ran, is measured beside it.
+ARCHS = (("SM+LN+G", "SM+LN+G", {}), ("SM+LN+G, tanh GELU", "SM+LN+G", {"gelu_form": "tanh"}),
+         ("SM+LN+R", "SM+LN+R", {}), ("SM+ScFuFFN", "SM+ScFuFFN", {}),
+         ("EReg(SM(t)+ScFuFFN)", "EReg(SM(t)+ScFuFFN)", {}))
 VOCABULARY_KINDS = ("embedding", "LM head")
 
 
-def measured_block(name: str, seq_len: int, *, with_vocabulary: bool) -> tuple:
+def measured_block(name: str, overrides: dict, seq_len: int, *, with_vocabulary: bool) -> tuple:
     """(config, worker result, traffic) of one block of `name` at GPT-2 small, random weights."""
-    c = presets.model_config(name, max_len=seq_len)
+    c = presets.model_config(name, max_len=seq_len, **overrides)
     params, state = split_variables(init_variables(AeroLM(c), jax.random.key(0)))
     tokens = np.random.default_rng(0).integers(0, c.vocab_size, seq_len)
     start = time.perf_counter()
@@ -59,7 +63,8 @@ def per_element_rows(blocks: dict, seq_len: int) -> list:
     g, r = blocks["SM+LN+G"], blocks["SM+LN+R"]
     c, T = g["config"], seq_len
     shapes = {"softmax": ("softmax", g, c.num_heads * T * T, f"[{c.num_heads},{T},{T}]", "softmax_elements"),
-              "GELU": ("GELU", g, T * c.d_ff, f"[{T},{c.d_ff}]", "gelu_elements"),
+              "GELU (erf)": ("GELU", g, T * c.d_ff, f"[{T},{c.d_ff}]", "gelu_elements"),
+              "GELU (tanh)": ("GELU", blocks["SM+LN+G, tanh GELU"], T * c.d_ff, f"[{T},{c.d_ff}]", "gelu_elements"),
               "ReLU": ("ReLU", r, T * c.d_ff, f"[{T},{c.d_ff}]", "relu_elements"),
               "LayerNorm": ("LayerNorm", g, 2 * T * c.d_model, f"2 x [{T},{c.d_model}]", "layernorm_elements")}
     rows = []
@@ -83,24 +88,24 @@ def main(argv=None):
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "pi_measured.json"))
     args = parser.parse_args(argv)
     blocks = {}
-    for index, name in enumerate(ARCHS):
-        c, result, traffic = measured_block(name, args.seq_len, with_vocabulary=index == 0)
-        blocks[name] = {"config": c, "segments": result["segments"], "traffic": traffic,
+    for index, (label, name, overrides) in enumerate(ARCHS):
+        c, result, traffic = measured_block(name, overrides, args.seq_len, with_vocabulary=index == 0)
+        blocks[label] = {"preset": name, "config": c, "segments": result["segments"], "traffic": traffic,
                         "settings": result["settings"], "output_error": measure.logit_agreement(
                             np.asarray(result["private_output"]), np.asarray(result["plaintext_output"]))}
-    vocabulary = blocks[ARCHS[0]]
-    traffic = {name: link for block in blocks.values() for name, link in block["traffic"].items()}
+    vocabulary = blocks[ARCHS[0][0]]
     table = []
-    for name, block in blocks.items():
-        c = block["config"]
+    for label, block in blocks.items():
+        c, name = block["config"], block["preset"]
         in_blocks = [s for s in block["segments"] if s["site"] != "model"]
-        kinds = whole_model(c, in_blocks, vocabulary["segments"], traffic)
+        # Program names repeat across architectures (h.0.qkv): each row reads its own block's traffic.
+        kinds = whole_model(c, in_blocks, vocabulary["segments"], {**vocabulary["traffic"], **block["traffic"]})
         total_bytes = sum(row["scaled_bytes"] for row in kinds.values())
         total_wall = sum(row["scaled_wall_s"] for row in kinds.values())
         modelled = cost.pi_cost(c, args.seq_len, name=name)
         published = published_row(name, args.seq_len)
         table.append({
-            "arch": name, "measured_gb": total_bytes / 1e9, "model_gb": modelled["comm_gb"],
+            "arch": label, "measured_gb": total_bytes / 1e9, "model_gb": modelled["comm_gb"],
             "published_gb": published and published["comm_gb"],
             "kinds_gb": {kind: row["scaled_bytes"] / 1e9 for kind, row in kinds.items()},
             "wall_s": total_wall, "wan_latency_min": measure.wan_latency_s(
@@ -111,7 +116,10 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"seq_len": args.seq_len, "settings": vocabulary["settings"], "calibration": calibration,
-                   "models": table}, f, indent=1)
+                   "models": table, "programs": {label: [
+                       {**segment, "bytes": block["traffic"][segment["name"]].bytes,
+                        "messages": block["traffic"][segment["name"]].messages} for segment in block["segments"]]
+                       for label, block in blocks.items()}}, f, indent=1)
     print(markdown(calibration, table))
 
 

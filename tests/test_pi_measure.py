@@ -2,6 +2,7 @@
 would not fit, finding the SPU environment, and the worker importing nothing of aero_jax (tests/pi runs it)."""
 
 import ast
+import json
 import pathlib
 
 import pytest
@@ -82,3 +83,22 @@ def test_the_worker_imports_only_its_own_environment():
                  and node.module and node.level == 0}
     third_party = imported - set(__import__("sys").stdlib_module_names) - {"__future__"}
     assert third_party == {"jax", "numpy", "safetensors", "spu"}
+
+
+def _save(workdir, layers, gigabytes, seq_len=128):
+    report = {"layers_measured": layers, "seq_len": seq_len, "total": {"scaled_bytes": gigabytes * 1e9}}
+    pathlib.Path(measure.saved_report_path(str(workdir), seq_len, layers, "cheetah")).write_text(json.dumps(report))
+
+
+def test_the_study_page_shows_the_measurement_of_the_most_blocks(tmp_path):
+    from aero_jax.study.page import pi_columns
+    from aero_jax.study.spec import load_study
+
+    study = load_study(str(pathlib.Path(__file__).resolve().parents[1] / "studies" / "paper_claims.py"))
+    run = study.runs[0]
+    assert pi_columns(study, run, str(tmp_path))["measured_comm"] is None
+    _save(tmp_path, 1, 0.5)
+    _save(tmp_path, 4, 0.4)
+    _save(tmp_path, 4, 9.0, seq_len=64)  # another length: not the study's
+    assert measure.saved_measurement(str(tmp_path), 128)["layers_measured"] == 4
+    assert pi_columns(study, run, str(tmp_path))["measured_comm"] == pytest.approx(0.4)

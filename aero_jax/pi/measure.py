@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import pathlib
@@ -25,9 +26,11 @@ import tempfile
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
+from etils import epath
 
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.errors import RunFailed, argparse_main
+from aero_jax.workdir import write_text_atomically
 
 PROTOCOLS = ("cheetah", "semi2k")
 WORKER = pathlib.Path(__file__).with_name("private_forward.py")
@@ -277,6 +280,22 @@ def measure_model(c: ModelConfig, name: str, params, model_state, tokens: np.nda
     return report(c, name, len(tokens), layers, result, traffic)
 
 
+def saved_report_path(workdir: str, seq_len: int, layers: int, protocol: str) -> str:
+    """Where aero-pi-measure keeps a run's report: one file per size and protocol, so earlier reports stay."""
+    return os.path.join(workdir, f"pi_measured_T{seq_len}_L{layers}_{protocol}.json")
+
+
+def saved_measurement(workdir: str, seq_len: int, protocol: str = "cheetah") -> Optional[dict]:
+    """The saved report of a run at T that measured the most blocks, or None (the study page's measured column)."""
+    best = None
+    for path in glob.glob(os.path.join(glob.escape(workdir), f"pi_measured_T{seq_len}_L*_{protocol}.json")):
+        with open(path) as f:
+            report = json.load(f)
+        if best is None or report["layers_measured"] > best["layers_measured"]:
+            best = report
+    return best
+
+
 def text(r: dict) -> str:
     """The report as a table a person reads."""
     scaled = r["layers_measured"] < r["num_layers"]
@@ -323,7 +342,9 @@ def _run(args) -> None:
         raise ConfigError(f"--memory-gb {args.memory_gb} is invalid; accepted: a positive number of GB")
     r = measure(args.workdir, step=args.step, seq_len=args.seq_len, layers=args.layers, protocol=args.protocol,
                 memory_gb=args.memory_gb, progress=progress)
-    print(json.dumps(r) if args.json else text(r))
+    saved = saved_report_path(args.workdir, r["seq_len"], r["layers_measured"], args.protocol)
+    write_text_atomically(epath.Path(saved), json.dumps(r, indent=1))
+    print(json.dumps(r) if args.json else f"{text(r)}\nwritten: {saved}")
 
 
 def main(argv=None):

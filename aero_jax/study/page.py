@@ -20,14 +20,18 @@ from aero_jax.study.spec import PAPER_SIZE, RunSpec, Study
 from aero_jax.workdir import write_text_atomically
 
 
-def pi_columns(study: Study, run: RunSpec) -> dict:
-    """Communication and latency at the run's size and at GPT-2 small, T=128, with savings against SM+LN+G."""
+def pi_columns(study: Study, run: RunSpec, workdir: str) -> dict:
+    """Communication and latency at the run's size and at GPT-2 small, T=128, with savings against SM+LN+G; and the
+    communication aero-pi-measure measured for the run at its size, when it has been measured."""
     from aero_jax.pi.cost import pi_cost
+    from aero_jax.pi.measure import saved_measurement
 
     name = presets.resolve(run.preset)
     here = pi_cost(presets.model_config(name, size="tiny", **study.size), name=name)
     paper = pi_cost(presets.model_config(name, size="tiny", **PAPER_SIZE), name=name)
+    measured = saved_measurement(workdir, study.size["max_len"])
     return {"ops": here["nonlinear_ops"], "comm": here["comm_gb"], "latency": here["latency_min"],
+            "measured_comm": measured and measured["total"]["scaled_bytes"] / 1e9,
             "comm_saving": here["comm_saving"], "paper_comm": paper["comm_gb"],
             "paper_latency": paper["latency_min"], "paper_comm_saving": paper["comm_saving"]}
 
@@ -62,6 +66,7 @@ def evaluated_rows(summaries: Mapping[Tuple[str, int], dict]) -> str:
 
 
 def runs_table(ctx: Context, costs: Mapping[str, dict]) -> List[str]:
+    with_measured = any(cost["measured_comm"] is not None for cost in costs.values())
     rows = []
     for run in ctx.study.runs:
         (_, mean, spread), = ctx.measured([run.name])
@@ -74,11 +79,17 @@ def runs_table(ctx: Context, costs: Mapping[str, dict]) -> List[str]:
                       f"{mean:.3f}" + (f" ± {spread / 2:.3f}" if len(run.seeds) > 1 else ""))
         rows.append(f"| {run.name} | {first['architecture']} | {len(run.seeds)} | {first['step']} | {perplexity} | "
                     f"{f'{np.mean(changes):+.1%}' if changes and not diverged else '-'} | {cost['ops']} | "
-                    f"{cost['comm']:.3f} | {cost['latency']:.3f} | {cost['comm_saving']:.2f}x | "
+                    f"{cost['comm']:.3f} | " + (f"{_or_dash(cost['measured_comm'], '.3f')} | " if with_measured else "")
+                    + f"{cost['latency']:.3f} | {cost['comm_saving']:.2f}x | "
                     f"{cost['paper_comm']:.2f} | {cost['paper_latency']:.2f} | {cost['paper_comm_saving']:.2f}x |")
+    measured = "comm GB measured (aero-pi-measure, Cheetah) | " if with_measured else ""
     return ["| run | architecture | seeds | steps | validation perplexity (mean ± half range) | change over the last "
-            "evaluation interval | nonlinear ops | comm GB | latency min | comm saving | comm GB, GPT-2 small | "
-            "latency min, GPT-2 small | comm saving, GPT-2 small |", "|---" * 13 + "|", *rows, ""]
+            f"evaluation interval | nonlinear ops | comm GB | {measured}latency min | comm saving | comm GB, GPT-2 small | "
+            "latency min, GPT-2 small | comm saving, GPT-2 small |", "|---" * (13 + with_measured) + "|", *rows, ""]
+
+
+def _or_dash(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def claim_number(title: str) -> str:
@@ -107,7 +118,7 @@ def write_page(study: Study, summaries, out: str, command: str, root: str) -> st
     def saved(key: str, fig) -> str:
         return link(figures.save(fig, os.path.join(out, f"{key}.png")))
 
-    costs = {run.name: pi_columns(study, run) for run in study.runs}
+    costs = {run.name: pi_columns(study, run, ctx.workdirs(run.name)[0]) for run in study.runs}
     names = [r.name for r in study.runs]
     points = [(n, costs[n]["paper_comm"], m) for n, m, _ in ctx.measured(names) if np.isfinite(m)]
     front = pareto_front(points)
