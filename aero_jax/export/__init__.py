@@ -136,6 +136,7 @@ def _alive(pid: int) -> bool:
 
 
 def _save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None:
+    """safetensors in `dtype`; learned temperatures and scalars (fold.FLOAT32_TENSORS) stay float32."""
     from safetensors.numpy import save_file
 
     from aero_jax.data.cache import follow_umask
@@ -143,7 +144,8 @@ def _save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None
     if dtype == "bfloat16":
         import ml_dtypes
 
-        tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
+        tensors = {k: v if k.rsplit(".", 1)[-1] in fold.FLOAT32_TENSORS else v.astype(ml_dtypes.bfloat16)
+                   for k, v in tensors.items()}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
     follow_umask(path)  # safetensors writes 0600
 

@@ -20,6 +20,9 @@ from aero_jax.layers import LN_CALIBRATION, SPECTRAL_COLLECTION, spectral_sigma,
 from aero_jax.model import STRENGTH_LOGITS, THRESHOLDS, temperatures
 
 Tensors = Dict[str, np.ndarray]
+# Kept float32 in a bfloat16 export (modeling_aero.FLOAT32_BUFFERS, the same names): a temperature divides every
+# score, a residual scale multiplies the whole stream.
+FLOAT32_TENSORS = ("temperature", "residual_scale", "slope")
 
 
 def effective_kernel(linear_params, spectral_state, group_norm: str) -> np.ndarray:

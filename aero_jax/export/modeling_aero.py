@@ -5,9 +5,13 @@ Depends on torch and safetensors only; this file is copied next to the weights (
     from modeling_aero import AeroForCausalLM
     model = AeroForCausalLM.from_pretrained("DIR")
     out = model(input_ids, return_entropy=True)   # out.logits [B, T, V], out.entropy [L, B, H, T]
+    tokens = model.generate(input_ids, attention_mask=mask, max_new_tokens=50)  # greedy, with a key/value cache
 
 With transformers installed the same directory also loads through
-`AutoModelForCausalLM.from_pretrained("DIR", trust_remote_code=True)`. Training-time
+`AutoModelForCausalLM.from_pretrained("DIR", trust_remote_code=True)`, whose `generate` is Hugging Face's
+(GenerationMixin); `aero_generate` is this file's own (greedy, temperature, top-k, top-p, end of text), which
+is `generate` when transformers is not installed. Left-padded batches take an attention_mask; every real
+token keeps its absolute position (position embedding and learned temperature). Training-time
 reparameterisations (weight and spectral norm, FFN scalars, the LayerNorm substitute) are
 already folded into the weights; learned temperatures are a [H, T] buffer per layer.
 """
@@ -25,12 +29,27 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-try:  # optional: lets AutoModelForCausalLM(trust_remote_code=True) load the same directory
+try:  # optional: lets AutoModelForCausalLM(trust_remote_code=True) load the same directory and generate
+    from transformers import GenerationMixin
     from transformers import PretrainedConfig as _ConfigBase
-    from transformers import PreTrainedModel as _ModelBase
-    _WITH_TRANSFORMERS = True
+    from transformers import PreTrainedModel
+    from transformers.utils import ModelOutput as _OutputBase
+    _ModelBases, _WITH_TRANSFORMERS = (PreTrainedModel, GenerationMixin), True
 except ImportError:
-    _ConfigBase, _ModelBase, _WITH_TRANSFORMERS = object, nn.Module, False
+    _ConfigBase, _ModelBases, _WITH_TRANSFORMERS = object, (nn.Module,), False
+
+    class _OutputBase:
+        """Indexable like transformers' ModelOutput: out[0] is the first field that is set, out["logits"] a field."""
+
+        def to_tuple(self):
+            return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
+
+        def __getitem__(self, key):
+            return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+        @property
+        def past_key_values(self):
+            return self.cache
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -47,6 +66,8 @@ class AeroConfig(_ConfigBase):
     """The architecture of an exported AERO model (config.json); `aero` holds the run's provenance."""
 
     model_type = "aero"
+    attribute_map = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads", "hidden_size": "d_model",
+                     "max_position_embeddings": "max_len"}  # the names transformers' caches and generate read
 
     def __init__(self, **fields):
         for name, default in ARCHITECTURE_FIELDS.items():
@@ -72,10 +93,35 @@ class AeroConfig(_ConfigBase):
             return cls.from_fields(json.load(f))
 
 
-@dataclasses.dataclass
-class AeroOutput:
-    logits: torch.Tensor  # [B, T, V], float32
-    entropy: Optional[torch.Tensor] = None  # [L, B, H, T] attention entropy of every row, when requested
+FLOAT32_BUFFERS = ("temperature", "residual_scale", "slope")  # kept float32 in a bfloat16 model
+
+
+# transformers 5 names the cache `cache` (with `past_key_values` a read-only alias), transformers 4 `past_key_values`
+_CACHE_FIELD = "cache" if isinstance(getattr(_OutputBase, "past_key_values", None), property) else "past_key_values"
+AeroOutput = dataclasses.make_dataclass("AeroOutput", [
+    ("logits", Optional[torch.Tensor], None),  # [B, T, V], float32
+    (_CACHE_FIELD, Optional[object], None),  # the key/value cache, when use_cache
+    ("entropy", Optional[torch.Tensor], None),  # [L, B, H, T] attention entropy of every row, when requested
+], bases=(_OutputBase,), namespace={"__module__": __name__})
+
+
+class KeyValueCache:
+    """Keys and values of every layer, [B, H, S, K], grown by each forward pass; the methods transformers'
+    DynamicCache has, so either serves."""
+
+    def __init__(self):
+        self.layers = []
+
+    def update(self, keys, values, layer_idx: int, cache_kwargs=None):
+        if layer_idx == len(self.layers):
+            self.layers.append((keys, values))
+        else:
+            old_keys, old_values = self.layers[layer_idx]
+            self.layers[layer_idx] = (torch.cat([old_keys, keys], dim=2), torch.cat([old_values, values], dim=2))
+        return self.layers[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx][0].shape[2] if layer_idx < len(self.layers) else 0
 
 
 class Norm(nn.Module):
@@ -106,17 +152,20 @@ class Attention(nn.Module):
         else:
             self.temperature = None
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, cache, layer: int,
+                want_entropy: bool):
+        """x [B, T, D]; positions [B, T] (absolute); allowed [B, 1, T, S] which cached keys each query sees."""
         B, T, D = x.shape
         H, K = self.heads, D // self.heads
         q, k, v = (proj(x).float().view(B, T, H, K).transpose(1, 2) for proj in (self.q_proj, self.k_proj,
                                                                                   self.v_proj))
+        if cache is not None:
+            k, v = cache.update(k, v, layer)
         scores = q @ k.transpose(-1, -2) / math.sqrt(K)
         if self.temperature is not None:
-            scores = scores / self.temperature[:, :T].float()[None, :, :, None]
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        probs = torch.softmax(scores.masked_fill(~causal, torch.finfo(torch.float32).min), dim=-1)
-        entropy = -(probs * torch.log(probs + ENTROPY_EPS)).sum(-1)  # [B, H, T]
+            scores = scores / self.temperature.float()[:, positions].permute(1, 0, 2)[..., None]
+        probs = torch.softmax(scores.masked_fill(~allowed, torch.finfo(torch.float32).min), dim=-1)
+        entropy = -(probs * torch.log(probs + ENTROPY_EPS)).sum(-1) if want_entropy else None  # [B, H, T]
         out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, D)
         return self.o_proj(out.to(self.o_proj.weight.dtype)), entropy
 
@@ -163,8 +212,8 @@ class Block(nn.Module):
         else:
             self.residual_scale = None
 
-    def forward(self, x: torch.Tensor):
-        attended, entropy = self.attn(self.ln_attn(x).to(x.dtype) if self.ln_attn else x)
+    def forward(self, x: torch.Tensor, *attention_args):
+        attended, entropy = self.attn(self.ln_attn(x).to(x.dtype) if self.ln_attn else x, *attention_args)
         x = x + attended
         if self.ffn is None:
             return x, entropy
@@ -172,7 +221,7 @@ class Block(nn.Module):
         return (self.residual_scale * x if self.residual_scale is not None else x) + ffn, entropy
 
 
-class AeroForCausalLM(_ModelBase):
+class AeroForCausalLM(*_ModelBases):
     """Token ids [B, T] -> AeroOutput(logits [B, T, V], entropy); the LM head is the token embedding."""
 
     config_class = AeroConfig
@@ -209,29 +258,103 @@ class AeroForCausalLM(_ModelBase):
         weights = load_file(os.path.join(path, WEIGHTS_FILE))
         dtype = dtype or torch_dtype
         if dtype in (None, "auto"):
-            dtype = next(iter(weights.values())).dtype
+            dtype = weights["wte.weight"].dtype  # temperatures and scalars are float32 in any export
         model = cls(config).to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        for module in model.modules():  # temperatures and scalars stay float32 whatever the weights' dtype
+            for name, buffer in module.named_buffers(recurse=False):
+                if name in FLOAT32_BUFFERS:
+                    setattr(module, name, buffer.float())
         model.load_state_dict(weights, strict=True)
         return model.eval()
 
-    def forward(self, input_ids: torch.Tensor, return_entropy: bool = False, attention_mask=None, labels=None,
-                past_key_values=None, **unused) -> AeroOutput:
-        """Logits of every position of unpadded rows; padding, labels and a cache are refused, not ignored."""
-        if labels is not None or past_key_values is not None:
-            raise ValueError("labels and past_key_values are not supported; accepted: input_ids (and an all-ones "
-                             "attention_mask)")
-        if attention_mask is not None and not bool(torch.all(attention_mask == 1)):
-            raise ValueError("padded rows are not supported; accepted: rows of equal length without padding")
-        T = input_ids.shape[-1]
-        if T > self.config.max_len:
-            raise ValueError(f"sequence length {T} is invalid; accepted: at most max_len={self.config.max_len}")
-        positions = torch.arange(T, device=input_ids.device)
-        x = self.wte(input_ids) + self.wpe(positions)[None]
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, past_key_values=None, use_cache: Optional[bool] = None,
+                return_entropy: bool = False, labels=None, cache=None, **unused) -> AeroOutput:
+        """Logits of every position; with `past_key_values` (or use_cache) the keys and values of earlier tokens
+        are reused and returned. `attention_mask` [B, S] covers the cached and the new tokens (0: padding);
+        `position_ids` default to the count of real tokens before each one."""
+        if labels is not None:
+            raise ValueError("labels are not supported; accepted: input_ids (compute the loss from out.logits)")
+        B, T = input_ids.shape
+        past_key_values = cache if cache is not None else past_key_values  # transformers 5 passes `cache`
+        cache = past_key_values if past_key_values is not None else (KeyValueCache() if use_cache else None)
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=input_ids.device)
+        if attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} is invalid; accepted: [B, cached + "
+                             f"new tokens] = [{B}, {past + T}]")
+        real = attention_mask.bool()
+        if position_ids is None:
+            position_ids = real.long().cumsum(-1)[:, past:] - 1
+        if int(position_ids.max()) >= self.config.max_len:
+            raise ValueError(f"position {int(position_ids.max())} is invalid; accepted: positions below max_len="
+                             f"{self.config.max_len}")
+        positions = position_ids.clamp(min=0)  # padding: any position, it is masked
+        slots = torch.arange(past + T, device=input_ids.device)
+        causal = slots[None, :] <= slots[past:, None]  # [T, S]: each new token sees the slots up to its own
+        allowed = (causal[None] & real[:, None, :]) | (slots[None, None, :] == slots[past:, None][None])  # [B, T, S]
+        x = self.wte(input_ids) + self.wpe(positions)
         entropies = []
-        for block in self.h:
-            x, entropy = block(x)
+        for layer, block in enumerate(self.h):
+            x, entropy = block(x, positions, allowed[:, None], cache, layer, return_entropy)
             entropies.append(entropy)
         if self.ln_f is not None:
             x = self.ln_f(x).to(x.dtype)
         logits = (x @ self.wte.weight.T).float()
-        return AeroOutput(logits, torch.stack(entropies) if return_entropy else None)
+        kept = cache if (use_cache or past_key_values is not None) else None
+        return AeroOutput(logits=logits, entropy=torch.stack(entropies) if return_entropy else None,
+                          **{_CACHE_FIELD: kept})
+
+    @torch.no_grad()
+    def aero_generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
+                      max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                      top_p: float = 1.0, eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+                      generator: Optional[torch.Generator] = None, **unused) -> torch.Tensor:
+        """Prompts [B, P] (left-padded, with their attention_mask) followed by up to max_new_tokens tokens, as
+        transformers' generate returns them: greedy, or sampled with temperature, top-k and top-p; a row that
+        reached eos_token_id continues with pad_token_id (eos when none is given)."""
+        B, P = input_ids.shape
+        if P + max_new_tokens > self.config.max_len:
+            raise ValueError(f"a prompt of {P} tokens plus max_new_tokens={max_new_tokens} is invalid; accepted: at "
+                             f"most max_len={self.config.max_len} positions")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        fill = pad_token_id if pad_token_id is not None else eos_token_id
+        out = self(input_ids, attention_mask=mask, use_cache=True)
+        tokens, done = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            next_B = choose_next(out.logits[:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, generator=generator)
+            if fill is not None:
+                next_B = torch.where(done, torch.full_like(next_B, fill), next_B)
+            tokens = torch.cat([tokens, next_B[:, None]], dim=1)
+            if eos_token_id is not None:
+                done |= next_B == eos_token_id
+                if bool(done.all()):
+                    break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self(next_B[:, None], attention_mask=mask, cache=getattr(out, _CACHE_FIELD), use_cache=True)
+        return tokens
+
+    if not _WITH_TRANSFORMERS:
+        generate = aero_generate
+
+
+def choose_next(logits_BxV: torch.Tensor, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The next token of each row: the argmax, or a sample of the logits / temperature within the top-k tokens and
+    the nucleus of probability top_p (ties with the last token kept are kept, as aero_jax.sample does)."""
+    if not do_sample or temperature == 0:
+        return logits_BxV.argmax(-1)
+    logits = logits_BxV.float() / temperature
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    if 0 < top_k < logits.shape[-1]:
+        keep &= logits >= torch.topk(logits, top_k, dim=-1).values[:, -1:]
+    if top_p < 1:
+        probs = torch.softmax(logits, dim=-1)
+        sorted_probs, _ = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens more likely than each
+        threshold = torch.where(before < top_p, sorted_probs, torch.ones_like(sorted_probs)).min(-1, keepdim=True)
+        keep &= probs >= threshold.values
+    logits = logits.masked_fill(~keep, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]

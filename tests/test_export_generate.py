@@ -1,0 +1,112 @@
+"""The torch export generates: its key/value cache gives the logits of full passes at every position of
+left-padded prompts, and greedy `generate`, through transformers and through the file's own `aero_generate`,
+gives aero_jax.sample's tokens, for one preset per mechanism."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from aero_jax import sample  # noqa: E402
+from aero_jax.export.parity import moved_model, torch_model  # noqa: E402
+from aero_jax.model import logits_and_entropy  # noqa: E402
+
+SIZE = dict(size="tiny", num_layers=3, vocab_size=257, max_len=32)
+TOLERANCE = 1e-4
+# LayerNorm and GELU, ReLU, learnable leaky slopes, fused and pruned FFNs, temperatures and EReg, weight norm,
+# spectral norm
+MECHANISMS = ["SM+LN+G", "SM+LN+R", "SM+LReLU(learnable per layer)", "SM+ScFuFFN[FFN:L/2]", "EReg(SM(t)+ScFuFFN)",
+              "SM+WNorm(QK+FFN)", "SM+SNorm(QK+FFN)"]
+PROMPTS = [[5, 60, 7, 80, 9, 100], [110, 12], [13, 140, 15, 16]]
+
+
+def left_padded(prompts, pad: int = 0):
+    longest = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (longest - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", MECHANISMS)
+def test_cached_decoding_of_left_padded_prompts_gives_the_logits_of_full_passes(name):
+    model, params, state = moved_model(name, **SIZE)
+    exported = torch_model(model.config, params, state)
+    continuation = [[3, 200, 4], [250, 1, 2], [9, 9, 9]]
+    ids, mask = left_padded(PROMPTS)
+    with torch.no_grad():
+        out = exported(ids, attention_mask=mask, use_cache=True)
+        steps = [out.logits[:, -1]]
+        for i in range(3):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = exported(torch.tensor([[c[i]] for c in continuation]), attention_mask=mask,
+                           past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits[:, -1])
+    for row, prompt in enumerate(PROMPTS):
+        full = np.asarray(prompt + continuation[row])
+        logits, _, _ = logits_and_entropy(model, {"params": params, **state}, jnp.asarray(full[None]))
+        expected = np.asarray(logits[0, len(prompt) - 1:])  # the positions that predict each new token
+        np.testing.assert_allclose(torch.stack(steps, 1)[row].numpy(), expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", MECHANISMS)
+def test_greedy_generation_equals_aero_sample(name):
+    model, params, state = moved_model(name, seed=3, **SIZE)
+    exported = torch_model(model.config, params, state)
+    expected = sample.generate(model, {"params": params, **state}, PROMPTS, max_new_tokens=12, temperature=0)
+    ids, mask = left_padded(PROMPTS)
+    plain = exported.aero_generate(ids, attention_mask=mask, max_new_tokens=12)
+    with torch.no_grad():
+        through_transformers = exported.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                                 pad_token_id=0)
+    assert plain[:, ids.shape[1]:].tolist() == expected.tolist()
+    assert through_transformers[:, ids.shape[1]:].tolist() == expected.tolist()
+
+
+def test_sampling_is_reproducible_and_its_extremes_are_greedy():
+    model, params, state = moved_model("EReg(SM(t)+ScFuFFN)", **SIZE)
+    exported = torch_model(model.config, params, state)
+    ids, mask = left_padded(PROMPTS)
+
+    def sampled(seed, **how):
+        return exported.aero_generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=True,
+                                      generator=torch.Generator().manual_seed(seed), **how)
+
+    greedy = exported.aero_generate(ids, attention_mask=mask, max_new_tokens=10)
+    assert torch.equal(sampled(0, temperature=1.5), sampled(0, temperature=1.5))
+    assert not torch.equal(sampled(0, temperature=1.5), sampled(1, temperature=1.5))
+    assert torch.equal(sampled(0, top_k=1), greedy)
+    assert torch.equal(sampled(0, top_p=1e-6), greedy)
+
+
+def test_an_end_of_text_token_ends_a_row():
+    model, params, state = moved_model("SM+LN+G", seed=3, **SIZE)
+    exported = torch_model(model.config, params, state)
+    ids, mask = left_padded(PROMPTS)
+    greedy = exported.aero_generate(ids, attention_mask=mask, max_new_tokens=6)
+    new = greedy[0, ids.shape[1]:].tolist()
+    eos = new[1]  # row 0's second new token: it ends the row where it first appears
+    stop = new.index(eos) + 1
+    stopped = exported.aero_generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=eos, pad_token_id=256)
+    row = stopped[0, ids.shape[1]:].tolist()
+    assert row[:stop] == new[:stop] and set(row[stop:]) <= {256}
+
+
+def test_a_bfloat16_export_keeps_temperatures_and_scalars_in_float32(tmp_path):
+    import json
+
+    from safetensors.numpy import load_file
+
+    from aero_jax.export import _save_tensors, aero_config, fold
+    from aero_jax.export.parity import load_modeling
+
+    model, params, state = moved_model("EReg(SM(t)+ScFuFFN)", **SIZE)
+    _save_tensors(fold.plain_tensors(model.config, params, state), str(tmp_path / "model.safetensors"), "bfloat16")
+    (tmp_path / "config.json").write_text(json.dumps(aero_config(model.config, {})))
+    stored = load_file(str(tmp_path / "model.safetensors"))
+    assert stored["h.0.attn.temperature"].dtype == np.float32 and stored["h.0.residual_scale"].dtype == np.float32
+    assert stored["wte.weight"].dtype != np.float32
+    loaded = load_modeling().AeroForCausalLM.from_pretrained(str(tmp_path))
+    assert loaded.wte.weight.dtype == torch.bfloat16
+    assert loaded.h[0].attn.temperature.dtype == torch.float32 and loaded.h[0].residual_scale.dtype == torch.float32
+    assert load_modeling().FLOAT32_BUFFERS == fold.FLOAT32_TENSORS
