@@ -242,7 +242,7 @@ class AeroLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BxT: jnp.ndarray, *, train: bool = False, positions_BxT: Optional[jnp.ndarray] = None,
-                 decode: bool = False) -> jnp.ndarray:
+                 decode: bool = False, last_only: bool = False) -> jnp.ndarray:
         c = self.config
         T = tokens_BxT.shape[-1]
         if T > c.max_len:
@@ -265,6 +265,8 @@ class AeroLM(nn.Module):
                                                                     policy=REMAT_POLICIES[c.remat])
         for layer in range(c.num_layers):
             x_BxTxD = self._placed(block(c, layer, name=f"block_{layer}")(x_BxTxD, positions, train, global_slope))
+        if last_only:  # a prompt pass needs only the next token's logits: [B, 1, V], not [B, T, V]
+            x_BxTxD = x_BxTxD[:, -1:]
         if c.ln_final:
             x_BxTxD = _layer_norm(c, "ln_final")(x_BxTxD)
 

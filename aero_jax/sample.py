@@ -103,15 +103,17 @@ def init_cache(model: AeroLM, batch_size: int, length: int) -> dict:
     return jax.jit(lambda: model.init(jax.random.key(0), tokens_BxS, decode=True)[CACHE])()
 
 
-def decode_step(model: AeroLM, variables, cache, tokens_BxT: jnp.ndarray, positions_BxT: jnp.ndarray):
-    """(logits [B, T, V], updated cache): the next T tokens of every row appended to the cache.
+def decode_step(model: AeroLM, variables, cache, tokens_BxT: jnp.ndarray, positions_BxT: jnp.ndarray, *,
+                last_only: bool = False):
+    """(logits [B, T, V], or [B, 1, V] of the last token with `last_only`; updated cache): the next T tokens of
+    every row appended to the cache.
 
     Outside jit, a step past the cache's end or a position past max_len is refused (inside, generate's
     own checks guarantee neither happens).
     """
     _check_room(cache, tokens_BxT.shape[-1], positions_BxT, model.config.max_len)
     logits_BxTxV, updated = model.apply({**variables, CACHE: cache}, tokens_BxT, positions_BxT=positions_BxT,
-                                        decode=True, mutable=[CACHE])
+                                        decode=True, last_only=last_only, mutable=[CACHE])
     return logits_BxTxV, updated[CACHE]
 
 
@@ -135,8 +137,8 @@ def _generate(variables, tokens_BxP, positions_BxP, rng, *, model: AeroLM, max_n
     """The jitted loop: read the prompts, then choose and feed one token at a time until done."""
     B, P = tokens_BxP.shape
     cache = init_cache(model, B, P + max_new_tokens - 1)  # the last token is chosen, never fed
-    logits_BxPxV, cache = decode_step(model, variables, cache, tokens_BxP, positions_BxP)
-    first_B = choose(logits_BxPxV[:, -1], jax.random.fold_in(rng, 0), sampling)
+    logits_Bx1xV, cache = decode_step(model, variables, cache, tokens_BxP, positions_BxP, last_only=True)
+    first_B = choose(logits_Bx1xV[:, -1], jax.random.fold_in(rng, 0), sampling)
     stop = -1 if eot_id is None else eot_id
     out_BxN = jnp.full((B, max_new_tokens), stop, jnp.int32).at[:, 0].set(first_B)
 

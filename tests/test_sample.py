@@ -247,3 +247,27 @@ def test_steps_counts_and_seeds_out_of_range_are_refused_in_one_line(trained):
     refused("z" * 100_000, "--max-new-tokens", "5", expected=["--prompt of 100000 tokens leaves no room"])
     refused("x", "--seed", "99999999999999999999", expected=["--seed 99999999999999999999 is invalid",
                                                              "[0, 4294967295]"])
+
+
+def test_the_prompt_pass_computes_only_the_last_logits():
+    """Same last-token logits as the full pass; at batch 8, prompt 1,024, vocabulary 52k the compiled pass
+    returns 1.7 GB less (its [B, T, V] logits)."""
+    model, params, state = moved_model("EReg(SM(t)+ScFuFFN)", size="tiny", vocab_size=257, max_len=32)
+    variables = {"params": params, **state}
+    tokens_BxP, positions_BxP = left_pad([[5, 6, 7, 8], [9, 10]])
+    full, _ = decode_step(model, variables, init_cache(model, 2, 4), tokens_BxP, positions_BxP)
+    last, _ = decode_step(model, variables, init_cache(model, 2, 4), tokens_BxP, positions_BxP, last_only=True)
+    assert last.shape == (2, 1, 257)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-6, rtol=0)
+
+    big = AeroLM(presets.model_config("SM+LN+G", size="tiny", vocab_size=52000, max_len=1024))
+    big_variables = {"params": jax.eval_shape(lambda: big.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))[
+        "params"]}
+    cache = jax.eval_shape(lambda: init_cache(big, 8, 1024))
+    tokens = jax.ShapeDtypeStruct((8, 1024), jnp.int32)
+
+    def returned_bytes(last_only):
+        step = jax.jit(lambda v, c, t, p: decode_step(big, v, c, t, p, last_only=last_only)[0])
+        return step.lower(big_variables, cache, tokens, tokens).compile().memory_analysis().output_size_in_bytes
+
+    assert returned_bytes(False) - returned_bytes(True) >= 1.6e9
