@@ -43,3 +43,13 @@ def test_data_prepare_smoke(tmp_path):
                                                          "prepare", "encode_limit", "sampler_rate"]
     assert all(line["peak_rss_mb"] > 0 for line in lines[:-1])
     assert 0 < lines[-1]["bpe_fraction_of_limit"] <= 1.5 and lines[-2]["margin"] > 0
+
+
+@pytest.mark.slow
+def test_export_generate_smoke():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "export_generate.py"), "--tiny", "--rounds", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {line.get("generate") for line in lines} >= {"AeroForCausalLM.generate", "GPT2LMHeadModel.generate"}
+    assert all(line.get("ms_per_token", 1) > 0 for line in lines) and "target >= 10x" in result.stdout
