@@ -78,6 +78,13 @@ def test_sampling_is_reproducible_and_its_extremes_are_greedy():
     assert torch.equal(sampled(0, top_k=1), greedy)
     assert torch.equal(sampled(0, top_p=1e-6), greedy)
 
+    def through_transformers(seed):
+        torch.manual_seed(seed)
+        return exported.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=True, temperature=1.5,
+                                 top_k=0, pad_token_id=0)
+
+    assert torch.equal(through_transformers(0), through_transformers(0))
+
 
 def test_an_end_of_text_token_ends_a_row():
     model, params, state = moved_model("SM+LN+G", seed=3, **SIZE)
