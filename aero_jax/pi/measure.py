@@ -39,11 +39,13 @@ PI_VENV = ".venv-pi"
 KINDS = ("embedding", "LayerNorm", "linear", "softmax", "GELU", "ReLU", "leaky ReLU", "LM head", "rest")
 WAN_BYTES_PER_S = 100e6 / 8  # the papers' WAN: 100 Mbps
 WAN_ROUND_TRIP_S = 0.080  # and 80 ms
-# Peak resident memory of the two parties in one process: a base plus a cost per element of the
-# largest product's inputs and output, from peaks measured here (docs/pi_cost.md): 1.8 GB for the
-# tiny test model, 11.2 GB for GPT-2 small's [128, 3072] x [3072, 768] embedding products.
+# Peak resident memory of the two parties in one process: a base plus, for the largest operation, a cost per
+# element, fitted to the peaks measured at GPT-2 small, T=128 (benchmarks/results/pi_measured.json): 10.5 GB at
+# the [128, 768] x [768, 3072] product, 5.8 GB at the softmax over [12, 128, 128], 11.9 GB at tanh GELU or ReLU
+# and 14.5 GB at erf GELU over [128, 3072]; 1.8 GB for the tiny test model.
 MEMORY_BASE_GB = 2.0
-MEMORY_GB_PER_ELEMENT = 3.3e-6
+MEMORY_GB_PER_ELEMENT = {"product": 3.3e-6,  # of the product's inputs and output
+                         "softmax": 20e-6, "erf GELU": 32e-6, "activation": 25e-6}
 MEMORY_HEADROOM = 0.85
 
 _HEADER = re.compile(r"SPU execution (\S+) completed.*execution took ([0-9.e+-]+)s")
@@ -97,7 +99,14 @@ def largest_product_elements(c: ModelConfig, seq_len: int) -> int:
 
 
 def peak_memory_gb(c: ModelConfig, seq_len: int) -> float:
-    return MEMORY_BASE_GB + MEMORY_GB_PER_ELEMENT * largest_product_elements(c, seq_len)
+    """The estimated peak of the forward: its largest product, softmax or activation."""
+    per_element = MEMORY_GB_PER_ELEMENT
+    candidates = [per_element["product"] * largest_product_elements(c, seq_len),
+                  per_element["softmax"] * c.num_heads * seq_len * seq_len]
+    if any(c.has_ffn(layer) for layer in range(c.num_layers)) and not c.ffn_fused and c.activation != "identity":
+        erf = c.activation == "gelu" and c.gelu_form == "exact"
+        candidates.append(per_element["erf GELU" if erf else "activation"] * seq_len * c.d_ff)
+    return MEMORY_BASE_GB + max(candidates)
 
 
 def available_memory_gb() -> float:
@@ -113,7 +122,7 @@ def check_fits(c: ModelConfig, seq_len: int, available_gb: float) -> None:
         return
     fitting = [t for t in range(seq_len - 1, 0, -1) if peak_memory_gb(c, t) <= MEMORY_HEADROOM * available_gb]
     hint = f"--seq-len {fitting[0]} or less" if fitting else "a machine with more memory"
-    raise ConfigError(f"--seq-len {seq_len} needs about {needed:.1f} GB at its largest product and {available_gb:.1f} "
+    raise ConfigError(f"--seq-len {seq_len} needs about {needed:.1f} GB at its largest operation and {available_gb:.1f} "
                       f"GB is available; accepted: {hint} (or --memory-gb, if more can be freed)")
 
 
