@@ -2,9 +2,12 @@
 left-padded prompts, and greedy `generate`, through transformers and through the file's own `aero_generate`,
 gives aero_jax.sample's tokens, for one preset per mechanism."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_script, small_config
 
 torch = pytest.importorskip("torch")
 
@@ -117,3 +120,29 @@ def test_a_bfloat16_export_keeps_temperatures_and_scalars_in_float32(tmp_path):
     assert loaded.wte.weight.dtype == torch.bfloat16
     assert loaded.h[0].attn.temperature.dtype == torch.float32 and loaded.h[0].residual_scale.dtype == torch.float32
     assert load_modeling().FLOAT32_BUFFERS == fold.FLOAT32_TENSORS
+
+
+@pytest.mark.slow
+def test_the_export_generates_what_aero_sample_prints(corpus, tmp_path):
+    """Through the console scripts: a trained run's `aero-sample --temperature 0` and its torch export's generate
+    (AutoModelForCausalLM, remote code) on the same prompts, left-padded in one batch, stopping at end of text."""
+    transformers = pytest.importorskip("transformers")
+    from aero_jax.data import ByteTokenizer
+    from aero_jax.trainer import train
+
+    workdir, out = tmp_path / "run", tmp_path / "export"
+    train(small_config(corpus), str(workdir))  # EReg(SM(t)+ScFuFFN), bytes, max_len 32
+    prompts = ["def f(x):", "import os", "a = "]
+    printed = run_script("aero-sample", "--workdir", workdir, *[a for p in prompts for a in ("--prompt", p)],
+                         "--temperature", 0, "--max-new-tokens", 16, "--json")
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    expected = [json.loads(line)["tokens"] for line in printed.stdout.splitlines()]
+    assert run_script("aero-export", "--workdir", workdir, "--out", out, "--format", "torch").returncode == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    tokenizer = ByteTokenizer()
+    ids, mask = left_padded([tokenizer.encode(p) for p in prompts])
+    with torch.no_grad():
+        generated = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                                   eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.eot_id)
+    for row, tokens in enumerate(generated[:, ids.shape[1]:].tolist()):
+        assert (tokens[:tokens.index(tokenizer.eot_id)] if tokenizer.eot_id in tokens else tokens) == expected[row]
