@@ -52,6 +52,7 @@ def test_cached_decoding_of_left_padded_prompts_gives_the_logits_of_full_passes(
         np.testing.assert_allclose(torch.stack(steps, 1)[row].numpy(), expected, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MECHANISMS)
 def test_greedy_generation_equals_aero_sample(name):
     model, params, state = moved_model(name, seed=3, **SIZE)

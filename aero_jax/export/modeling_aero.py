@@ -259,13 +259,18 @@ class AeroForCausalLM(*_ModelBases):
         dtype = dtype or torch_dtype
         if dtype in (None, "auto"):
             dtype = weights["wte.weight"].dtype  # temperatures and scalars are float32 in any export
-        model = cls(config).to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-        for module in model.modules():  # temperatures and scalars stay float32 whatever the weights' dtype
-            for name, buffer in module.named_buffers(recurse=False):
-                if name in FLOAT32_BUFFERS:
-                    setattr(module, name, buffer.float())
+        model = cls(config).cast(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         model.load_state_dict(weights, strict=True)
         return model.eval()
+
+    def cast(self, dtype: torch.dtype) -> "AeroForCausalLM":
+        """`to(dtype)` for the weights; learned temperatures and scalars (FLOAT32_BUFFERS) keep their float32 values."""
+        kept = [(module, name, buffer.float().clone()) for module in self.modules()
+                for name, buffer in module.named_buffers(recurse=False) if name in FLOAT32_BUFFERS]
+        self.to(dtype)
+        for module, name, buffer in kept:
+            setattr(module, name, buffer)
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values=None, use_cache: Optional[bool] = None,

@@ -39,7 +39,7 @@ def torch_model(c: ModelConfig, params, model_state, dtype: str = "float32"):
     model = modeling.AeroForCausalLM(modeling.AeroConfig.from_fields(aero_config(c, {})))
     plain = fold.plain_tensors(c, params, model_state)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in plain.items()}, strict=True)
-    return model.to(getattr(torch, dtype)).eval()
+    return model.cast(getattr(torch, dtype)).eval()
 
 
 def perturbed(tree, seed: int):
