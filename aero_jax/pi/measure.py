@@ -145,12 +145,9 @@ def pi_python() -> str:
 
 def write_model(c: ModelConfig, params, model_state, tokens: np.ndarray, out: str) -> None:
     """The folded float32 weights (aero-export's AERO layout), config.json and the client's tokens.json."""
-    from safetensors.numpy import save_file
+    from aero_jax.export import WEIGHTS_FILE, _save_tensors, aero_config, fold
 
-    from aero_jax.export import aero_config, fold
-
-    plain = fold.plain_tensors(c, params, model_state)
-    save_file({k: np.ascontiguousarray(v) for k, v in plain.items()}, os.path.join(out, "model.safetensors"))
+    _save_tensors(fold.plain_tensors(c, params, model_state), os.path.join(out, WEIGHTS_FILE), "float32")
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(aero_config(c, {}), f)
     with open(os.path.join(out, "tokens.json"), "w") as f:
