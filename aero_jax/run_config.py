@@ -7,8 +7,9 @@ recovery. Config files in configs/ start from `base_config()` and change what th
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from typing import Iterable, Mapping
+from typing import Any, Iterable, List, Mapping, Tuple
 
 import ml_collections
 
@@ -79,6 +80,45 @@ def model_config_from(section: Mapping) -> ModelConfig:
         if name in fields:  # a config.json of an older run lacks the newer fields: their defaults apply
             fields[name] = tuple(fields[name])
     return ModelConfig(**fields)
+
+
+# What a resumed run may change: how far it goes, what it records and where, how it is laid out on devices and
+# what it does on divergence; never how the steps already taken were computed. "section." admits a whole section.
+RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.checkpoint_fingerprints", "train.grad_accum_steps",
+                    "model.remat", "data.data_dir", "data.cache_dir", "data.manual_dir", "mesh.", "sharding_rules.",
+                    "recovery.")
+
+
+def flat_fields(config: Mapping) -> dict:
+    """{'section.field': value} of a run config or its saved config.json, the model section with every
+    ModelConfig field (an older config.json's missing ones at their defaults), tuples as lists."""
+    plain = json.loads(config.to_json_best_effort() if isinstance(config, ml_collections.ConfigDict)
+                       else json.dumps(config))
+    model = plain.pop("model")
+    plain["model"] = json.loads(json.dumps({"preset": model["preset"],
+                                            **dataclasses.asdict(model_config_from(model))}))
+    flat = {}
+    for key, value in plain.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{field}": v for field, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def config_changes(saved: Mapping, config: ml_collections.ConfigDict) -> List[Tuple[str, Any, Any]]:
+    """[(field, saved value, this config's value)] for every field that differs; a field the saved config lacks
+    (one added since) counts as having had base_config()'s default."""
+    old = {**flat_fields(base_config()), **flat_fields(saved)}
+    return [(field, old.get(field), value) for field, value in flat_fields(config).items()
+            if old.get(field) != value]
+
+
+def resumable(field: str) -> bool:
+    """Whether a resumed run may change `field` (see RESUMABLE_FIELDS)."""
+    return any(field == allowed or (allowed.endswith(".") and field.startswith(allowed))
+               for allowed in RESUMABLE_FIELDS)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -30,12 +30,14 @@ from aero_jax.config import ConfigError, ModelConfig, architecture_differences
 from aero_jax.errors import RunFailed
 from aero_jax.model import AeroLM
 from aero_jax.optim import adamw, learning_rate_schedule
-from aero_jax.run_config import architecture_label, model_config_from, validate
+from aero_jax.run_config import (RESUMABLE_FIELDS, architecture_label, config_changes, model_config_from,
+                                 resumable, validate)
 from aero_jax.run_log import RunLog, console
 from aero_jax.train_step import TrainState, create_train_state, eval_step, jit_train_step
 from aero_jax.workdir import make_workdir, workdir_lock, write_text_atomically
 
 CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
 class Divergence(RunFailed):
@@ -72,18 +74,46 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, model_config: ModelConfig) -> None:
-    """Save the resolved config, or refuse a workdir that holds another architecture."""
+def _resume_changes(workdir: str, config: ml_collections.ConfigDict, model_config: ModelConfig) -> list:
+    """[(field, old, new)] this config changes in the run trained in `workdir`, each one RESUMABLE_FIELDS allows;
+    a run of another architecture or trained another way is refused, naming every differing field."""
     path = epath.Path(workdir) / CONFIG_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        differences = architecture_differences(model_config_from(saved["model"]), model_config)
-        if differences:
-            listed = ", ".join(f"{k}={old!r} (this config: {new!r})" for k, old, new in differences)
-            raise ConfigError(f"workdir {workdir} holds another architecture: {listed}; "
-                              f"accepted: the same model config, or a new --workdir")
-    if jax.process_index() == 0:
-        write_text_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True))
+    if not path.exists() or not _has_checkpoint(workdir):  # nothing trained yet: the new config starts it
+        return []
+    saved = json.loads(path.read_text())
+    differences = architecture_differences(model_config_from(saved["model"]), model_config)
+    if differences:
+        listed = ", ".join(f"{k}={old!r} (this config: {new!r})" for k, old, new in differences)
+        raise ConfigError(f"workdir {workdir} holds another architecture: {listed}; "
+                          f"accepted: the same model config, or a new --workdir")
+    changes = config_changes(saved, config)
+    refused = [(field, old, new) for field, old, new in changes if not resumable(field)]
+    if refused:
+        listed = ", ".join(f"{field}={old!r} (this config: {new!r})" for field, old, new in refused)
+        raise ConfigError(f"workdir {workdir} was trained with another config: {listed}; accepted on resume: changes "
+                          f"to {', '.join(f + '*' if f.endswith('.') else f for f in RESUMABLE_FIELDS)}, "
+                          f"or a new --workdir")
+    return changes
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    folder = epath.Path(workdir) / "checkpoints"
+    return folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def _record_config(workdir: str, config: ml_collections.ConfigDict, changes: list, *, step: int) -> None:
+    """Write config.json, the config in force; the changes a resume made are first appended to
+    config_changes.jsonl with the step from which they apply, so how earlier steps were trained stays known."""
+    if jax.process_index() != 0:
+        return
+    if changes:
+        history = epath.Path(workdir) / CONFIG_CHANGES_FILE
+        record = {"step": step, "changes": {field: {"from": old, "to": new} for field, old, new in changes}}
+        earlier = history.read_text() if history.exists() else ""
+        write_text_atomically(history, earlier + json.dumps(record) + "\n")
+        listed = ", ".join(f"{field} {old!r} -> {new!r}" for field, old, new in changes)
+        console(f"resuming at step {step} with {listed} (recorded in {CONFIG_CHANGES_FILE})")
+    write_text_atomically(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def checked_tokenizer(config, model_config: ModelConfig):
@@ -223,7 +253,7 @@ class Trainer:
         self.model_config = model_config_from(config.model)
         tokenizer = checked_tokenizer(config, self.model_config)
         make_workdir(workdir)
-        _check_workdir_config(workdir, config, self.model_config)
+        changes = _resume_changes(workdir, config, self.model_config)
         self.train_rows, self.val_rows = load_data(config, tokenizer, self.model_config.max_len)
 
         program = build_program(config)
@@ -238,6 +268,7 @@ class Trainer:
         self.log = RunLog(workdir, enabled=jax.process_index() == 0)
         self.data_offset, self.recoveries = 0, 0
         self.resumed_from = self._restore_latest()
+        _record_config(workdir, config, changes, step=self.resumed_from or 0)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -282,8 +313,9 @@ class Trainer:
             bad_path.write_text(json.dumps({"step": step, "data_step": step + self.data_offset, "indices": indices}))
         where = f"last good checkpoint: step {last_good}" if last_good is not None else "no checkpoint yet"
         if r.policy == "stop" or last_good is None or self.recoveries >= r.max_recoveries:
-            advice = ("--config.recovery.policy=rollback or a lower --config.optim.peak_lr" if r.policy == "stop"
-                      else "a lower --config.optim.peak_lr or more --config.recovery.max_recoveries")
+            advice = ("--config.recovery.policy=rollback" if r.policy == "stop"
+                      else "more --config.recovery.max_recoveries")
+            advice += ", or start a new --workdir with a lower --config.optim.peak_lr"
             raise Divergence(f"non-finite loss at step {step} ({where}; the batch's indices are in {bad_path}); "
                              f"recovery.policy={r.policy!r}, recoveries used {self.recoveries}/{r.max_recoveries}; "
                              f"to go on, rerun with {advice}", step=step)

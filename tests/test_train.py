@@ -15,7 +15,7 @@ from aero_jax.config import ConfigError
 from aero_jax.run_config import model_section
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Divergence, Trainer
-from conftest import small_config
+from conftest import assert_one_line, run_script, small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,6 +152,45 @@ def test_workdir_of_another_architecture_is_refused(corpus, tmp_path):
     other.model = model_section("EReg(SM(t)+ScFuFFN)", size="tiny", num_layers=3, vocab_size=257, max_len=32)
     with pytest.raises(ConfigError, match=r"num_layers=2 \(this config: 3\)"):
         Trainer(other, str(tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(corpus, tmp_path_factory):
+    """A 2-step run of the smoke model, checkpointed at its end."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    Trainer(small_config(corpus, num_steps=2), str(workdir)).run()
+    return workdir
+
+
+def test_resuming_with_another_training_config_is_refused_and_changes_nothing(corpus, finished_run):
+    config_json = (finished_run / "config.json").read_bytes()
+    smoke = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
+    data = [f"--config.data.{k}={v}" for k, v in corpus.items()]
+    result = run_script("aero-train", smoke, f"--workdir={finished_run}", *data, "--config.seed=7",
+                        "--config.train.batch_size=8", "--config.data.packing=concat", "--config.optim.peak_lr=0.01")
+    assert_one_line(result, "aero-train", 2, "was trained with another config", "seed=0 (this config: 7)",
+                    "train.batch_size=4 (this config: 8)", "data.packing='chunk' (this config: 'concat')",
+                    "optim.peak_lr=0.001 (this config: 0.01)", "accepted on resume: changes to train.num_steps")
+    assert (finished_run / "config.json").read_bytes() == config_json
+    assert not (finished_run / "config_changes.jsonl").exists()
+
+
+def test_extending_a_run_keeps_how_its_first_steps_were_trained(corpus, tmp_path):
+    Trainer(small_config(corpus, num_steps=2), str(tmp_path / "run")).run()
+    longer = small_config(corpus, num_steps=3)
+    longer.recovery.policy = "rollback"
+    assert Trainer(longer, str(tmp_path / "run")).resumed_from == 2
+    history = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    assert history == [{"step": 2, "changes": {"train.num_steps": {"from": 2, "to": 3},
+                                               "recovery.policy": {"from": "stop", "to": "rollback"}}}]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["num_steps"] == 3
+
+
+def test_a_workdir_with_no_checkpoint_takes_a_new_config(corpus, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(small_config(corpus, batch_size=8).to_json())
+    Trainer(small_config(corpus), str(tmp_path / "run"))  # nothing was trained under the old one
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["batch_size"] == 4
 
 
 def test_tokenizer_and_model_vocabulary_must_match(corpus, tmp_path):
