@@ -18,7 +18,10 @@ SLOPE_SCOPES = ("global", "per_layer")
 GELU_FORMS = ("exact", "tanh")
 TEMPERATURE_PARAMS = ("log", "raw")
 NORM_GROUPS = ("qk", "v", "o", "ffn")
-DTYPES = ("float32", "bfloat16")
+# Compute dtypes. float16 is the papers' mixed precision (PyTorch AMP): float32 master weights, float16 matrix
+# products and attention scores, float32 softmax, entropy and LayerNorm, and a dynamic loss scale in training.
+DTYPES = ("float32", "bfloat16", "float16")
+PARAM_DTYPES = ("float32", "bfloat16")
 PENALTY_REDUCTIONS = ("per_position_sum", "head_mean")
 REMAT_CHOICES = ("none", "block", "dots")
 
@@ -88,7 +91,7 @@ class ModelConfig:
     ereg_rows: int = 128  # per_position_sum: lambda multiplies a sum over this many rows (released: 128)
 
     # Numerics.
-    dtype: str = "float32"  # compute dtype
+    dtype: str = "float32"  # compute dtype (DTYPES); float16 trains with a dynamic loss scale
     param_dtype: str = "float32"
     init_std: float = 0.02
     remat: str = "none"  # recompute in the backward pass: none, block (everything), dots (all but weight matmuls)
@@ -200,9 +203,13 @@ def _validate(c: ModelConfig) -> None:
         _fail("ereg_reduction", c.ereg_reduction, ", ".join(PENALTY_REDUCTIONS))
     if c.entropy_reg and not c.sow_entropy:
         _fail("sow_entropy", c.sow_entropy, "True when entropy_reg=True (the penalty needs the entropies)")
-    for name in ("dtype", "param_dtype"):
-        if getattr(c, name) not in DTYPES:
-            _fail(name, getattr(c, name), ", ".join(DTYPES))
+    if c.dtype not in DTYPES:
+        _fail("dtype", c.dtype, ", ".join(DTYPES))
+    if c.param_dtype not in PARAM_DTYPES:
+        _fail("param_dtype", c.param_dtype, ", ".join(PARAM_DTYPES))
+    if c.dtype == "float16" and c.param_dtype != "float32":
+        _fail("param_dtype", c.param_dtype, "float32 with dtype='float16' (float32 master weights, as the papers' "
+              "mixed precision)")
     if c.init_std <= 0:
         _fail("init_std", c.init_std, "a positive number")
     if c.remat not in REMAT_CHOICES:

@@ -61,8 +61,15 @@ def temperatures(attn_params, c: ModelConfig) -> jnp.ndarray:
     return temperature_from(attn_params[temperature_name(c)], c)
 
 
+def stream_dtype(c: ModelConfig) -> jnp.dtype:
+    """The residual stream's dtype: float32 under float16 compute, where, as in the papers' AMP, embeddings,
+    residual sums and LayerNorm outputs stay float32 and only matrix products run in half precision; else the
+    compute dtype."""
+    return jnp.dtype(jnp.float32) if c.dtype == "float16" else jnp.dtype(c.dtype)
+
+
 def _layer_norm(c: ModelConfig, name: str) -> LayerNorm:
-    return LayerNorm(epsilon=c.ln_epsilon, frozen=c.ln_frozen, dtype=jnp.dtype(c.dtype),
+    return LayerNorm(epsilon=c.ln_epsilon, frozen=c.ln_frozen, dtype=stream_dtype(c),
                      param_dtype=jnp.dtype(c.param_dtype), name=name)
 
 
@@ -102,14 +109,21 @@ class Positions:
         return cls(default_positions(seq_len), default_positions(seq_len))
 
 
+def score_dtype(compute_dtype) -> jnp.dtype:
+    """The dtype attention scores are formed in: float16 under float16 compute, as the papers' AMP forms q k^T,
+    its scaling and masking in half precision (where large scores overflow); float32 otherwise."""
+    return jnp.dtype(jnp.float16) if jnp.dtype(compute_dtype) == jnp.float16 else jnp.dtype(jnp.float32)
+
+
 def tempered_scores(q_BxTxHxK: jnp.ndarray, k_BxSxHxK: jnp.ndarray, t_BxTxH: Optional[jnp.ndarray] = None
                     ) -> jnp.ndarray:
-    """q k / sqrt(K), divided by each query's temperature when there is one: [B, H, T, S] in float32."""
+    """q k / sqrt(K), divided by each query's temperature when there is one: [B, H, T, S] in score_dtype."""
+    dtype = score_dtype(q_BxTxHxK.dtype)
     scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
-                                preferred_element_type=jnp.float32) / math.sqrt(q_BxTxHxK.shape[-1])
+                                preferred_element_type=dtype) / jnp.asarray(math.sqrt(q_BxTxHxK.shape[-1]), dtype)
     if t_BxTxH is None:
         return scores_BxHxTxS
-    return scores_BxHxTxS / jnp.moveaxis(t_BxTxH, -1, 1)[..., None]
+    return scores_BxHxTxS / jnp.moveaxis(t_BxTxH, -1, 1)[..., None].astype(dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -143,8 +157,9 @@ class CausalSelfAttention(nn.Module):
         else:
             scores_BxHxTxS = tempered_scores(q_BxTxHxK, k_BxSxHxK)
         mask_BxTxS = visible(positions.queries_BxT, positions.keys_BxS)
-        scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
-        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)  # masked entries are exact zeros
+        scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(scores_BxHxTxS.dtype).min)
+        # float32 softmax in every precision (autocast's, under the papers' float16); masked entries are exact zeros
+        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS.astype(jnp.float32), axis=-1)
         if c.sow_entropy and not positions.decoding:  # diagnostics: entropy per row, non-finite probabilities
             self.sow("intermediates", ENTROPY_NAME, attention_entropy(probs_BxHxTxS))
             self.sow("intermediates", NONFINITE_NAME, jnp.sum(~jnp.isfinite(probs_BxHxTxS)))
@@ -253,10 +268,10 @@ class AeroLM(nn.Module):
         else:
             positions = Positions(queries_BxT, queries_BxT)
         init = nn.initializers.normal(c.init_std)
-        wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, dtype=jnp.dtype(c.dtype),
+        wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, dtype=stream_dtype(c),
                        param_dtype=jnp.dtype(c.param_dtype), name="wte")
         wpe_LxD = self.param("wpe", init, (c.max_len, c.d_model), jnp.dtype(c.param_dtype))
-        x_BxTxD = self._placed(wte(tokens_BxT) + rows_at(wpe_LxD, queries_BxT).astype(jnp.dtype(c.dtype)))
+        x_BxTxD = self._placed(wte(tokens_BxT) + rows_at(wpe_LxD, queries_BxT).astype(stream_dtype(c)))
 
         global_slope = None
         if c.activation == "learnable_leaky_relu" and c.leaky_slope_scope == "global":
@@ -275,7 +290,8 @@ class AeroLM(nn.Module):
             self.param(THRESHOLDS, nn.initializers.constant(c.ereg_threshold_init), shape, jnp.float32)
             if c.ereg_head_strengths:
                 self.param(STRENGTH_LOGITS, nn.initializers.zeros, shape, jnp.float32)
-        return wte.attend(x_BxTxD).astype(jnp.float32)
+        compute = jnp.dtype(c.dtype)  # the tied LM head is a matrix product: in the compute dtype
+        return jnp.einsum("btd,vd->btv", x_BxTxD.astype(compute), wte.embedding.astype(compute)).astype(jnp.float32)
 
     def _placed(self, x_BxTxD: jnp.ndarray) -> jnp.ndarray:
         if self.activation_sharding is None:

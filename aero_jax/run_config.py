@@ -150,6 +150,8 @@ def base_config() -> ml_collections.ConfigDict:
         # Record each array's fingerprint at save and check it at restore: on an accelerator it
         # costs milliseconds; on a 2-core CPU about a third of a GPT-2-small save (docs/benchmarks.md).
         checkpoint_fingerprints=True,
+        # model.dtype=float16 only: the dynamic loss scale (GradScaler's defaults, as the papers' fp16 runs).
+        loss_scale_init=2.0 ** 16, loss_scale_growth_interval=2000,
     ))
     # Device mesh (data, fsdp, tensor; one size may be -1 for the devices left) and the table
     # mapping logical axis names onto mesh axes ("" replicates); see aero_jax/sharding.py.
@@ -196,6 +198,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  "checkpoint_every", "keep_checkpoints"):
         _integer(f"train.{name}", t[name], minimum=1)
     _integer("train.eval_batches", t.eval_batches, minimum=-(2 ** 62))  # <= 0: every batch
+    _number("train.loss_scale_init", t.loss_scale_init, low=0, low_open=True)
+    _integer("train.loss_scale_growth_interval", t.loss_scale_growth_interval, minimum=1)
     if not isinstance(t.checkpoint_fingerprints, bool):
         raise ConfigError(f"train.checkpoint_fingerprints={t.checkpoint_fingerprints!r} is invalid; accepted: "
                           f"True, False")

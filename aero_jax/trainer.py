@@ -33,7 +33,7 @@ from aero_jax.optim import adamw, learning_rate_schedule
 from aero_jax.run_config import (RESUMABLE_FIELDS, architecture_label, config_changes, model_config_from,
                                  resumable, validate)
 from aero_jax.run_log import RunLog, console
-from aero_jax.train_step import TrainState, create_train_state, eval_step, jit_train_step
+from aero_jax.train_step import LossScale, TrainState, create_train_state, eval_step, jit_train_step
 from aero_jax.workdir import make_workdir, workdir_lock, write_text_atomically
 
 CONFIG_FILE = "config.json"
@@ -230,7 +230,9 @@ def build_program(config: ml_collections.ConfigDict, devices: Optional[Sequence]
     sharding.check_batch_divisible(t.batch_size // t.grad_accum_steps, mesh, "train.batch_size per accumulation "
                                    "step", rules)
     sharding.check_batch_divisible(t.eval_batch_size, mesh, "train.eval_batch_size", rules)
-    init = functools.partial(create_train_state, model, optimizer, jax.random.key(config.seed))
+    loss_scale = (LossScale.create(t.loss_scale_init, t.loss_scale_growth_interval)
+                  if model.config.dtype == "float16" else None)
+    init = functools.partial(create_train_state, model, optimizer, jax.random.key(config.seed), loss_scale)
     state_shardings = sharding.tree_shardings(jax.eval_shape(init), mesh, rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
     model = model.clone(activation_sharding=sharding.activation_sharding(mesh, rules))
@@ -242,6 +244,18 @@ def build_program(config: ml_collections.ConfigDict, devices: Optional[Sequence]
                       in_shardings=(state_shardings.params, state_shardings.model_state, batch_sharding),
                       out_shardings=replicated)
     return Program(model, schedule, optimizer, mesh, init, state_shardings, batch_sharding, train_fn, eval_fn)
+
+
+SUMMED_METRICS = ("nonfinite_attention", "skipped_updates")  # counts over a logging window
+LAST_METRICS = ("loss_scale",)  # the value in force at the window's end
+
+
+def window_metrics(window) -> dict:
+    """One record for a logging window of step metrics: counts summed, the loss scale at its end, every other
+    metric the mean over the steps whose loss is finite (a skipped float16 step's may not be)."""
+    finite = [w for w in window if np.isfinite(w["loss"])] or window
+    return {k: np.sum([w[k] for w in window], axis=0) if k in SUMMED_METRICS else
+            window[-1][k] if k in LAST_METRICS else np.mean([w[k] for w in finite], axis=0) for k in window[0]}
 
 
 class Trainer:
@@ -267,6 +281,7 @@ class Trainer:
                                         fingerprint=t.checkpoint_fingerprints)
         self.log = RunLog(workdir, enabled=jax.process_index() == 0)
         self.data_offset, self.recoveries = 0, 0
+        self.divergence_cause = "non-finite loss"
         self.resumed_from = self._restore_latest()
         _record_config(workdir, config, changes, step=self.resumed_from or 0)
 
@@ -315,8 +330,9 @@ class Trainer:
         if r.policy == "stop" or last_good is None or self.recoveries >= r.max_recoveries:
             advice = ("--config.recovery.policy=rollback" if r.policy == "stop"
                       else "more --config.recovery.max_recoveries")
-            advice += ", or start a new --workdir with a lower --config.optim.peak_lr"
-            raise Divergence(f"non-finite loss at step {step} ({where}; the batch's indices are in {bad_path}); "
+            advice += ", or start a new --workdir with a lower --config.optim.peak_lr" + (
+                " or --config.model.dtype=bfloat16" if self.state.loss_scale is not None else "")
+            raise Divergence(f"{self.divergence_cause} at step {step} ({where}; the batch's indices are in {bad_path}); "
                              f"recovery.policy={r.policy!r}, recoveries used {self.recoveries}/{r.max_recoveries}; "
                              f"to go on, rerun with {advice}", step=step)
         lr_scale = float(self.state.lr_scale) * r.lr_factor
@@ -324,7 +340,7 @@ class Trainer:
         self.data_offset += step + 1 - last_good
         self.recoveries += 1
         self.state = self.state.replace(lr_scale=jax.device_put(np.float32(lr_scale), self.state_shardings.lr_scale))
-        console(f"non-finite loss at step {step}: rolled back to step {last_good}, skipping {step + 1 - last_good} "
+        console(f"{self.divergence_cause} at step {step}: rolled back to step {last_good}, skipping {step + 1 - last_good} "
                 f"batches, learning-rate scale {float(self.state.lr_scale):.3g} (recovery {self.recoveries}"
                 f"/{r.max_recoveries})")
         self.log.truncate_after(last_good)
@@ -368,6 +384,7 @@ class Trainer:
                 saving = step % t.checkpoint_every == 0 or at_end or stopping
                 if diverged is None and saving and not bool(all_finite(self.state.params)):
                     diverged = step - 1  # a finite loss, but its update made the parameters non-finite
+                    self.divergence_cause = "non-finite parameters"
                 if diverged is not None:
                     step, window, pending = self._handle_divergence(diverged), [], None
                     window_start, window_steps = time.perf_counter(), 0
@@ -395,19 +412,27 @@ class Trainer:
         return self._finish(step, stopped=stop.received is not None)
 
     def _collect(self, pending, window) -> Optional[int]:
-        """Fetch a step's metrics; the step number if its loss is non-finite, else None."""
+        """Fetch a step's metrics; the step number if the run diverged there, else None.
+
+        A run diverges at a non-finite loss, except where a loss scale skipped the update (it acts first), and
+        where the loss scale fell to zero: every update is then skipped, whatever the scale.
+        """
         if pending is None:
             return None
         step, metrics = pending
         host = jax.device_get(metrics)
-        if not np.isfinite(host["loss"]):
+        skipped = bool(host.get("skipped_updates", 0))
+        if skipped and host["loss_scale"] == 0:
+            self.divergence_cause = "the loss scale fell to zero (every update's gradients were non-finite)"
+            return step
+        if not skipped and not np.isfinite(host["loss"]):
+            self.divergence_cause = "non-finite loss"
             return step
         window.append(host)
         return None
 
     def _log_train(self, step: int, window, tokens_per_s: float, compile_s: float, bar) -> None:
-        summed = {"nonfinite_attention"}
-        metrics = {k: (np.sum if k in summed else np.mean)([w[k] for w in window], axis=0) for k in window[0]}
+        metrics = window_metrics(window)
         metrics["perplexity"] = math.exp(min(float(metrics["ce"]), 80.0))
         if "head_entropy" in metrics:
             metrics["layer_entropy"] = metrics.pop("head_entropy").mean(axis=-1)
