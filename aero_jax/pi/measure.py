@@ -30,6 +30,10 @@ from etils import epath
 
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.errors import RunFailed, argparse_main
+from aero_jax.evaluate import restore_step, run_data
+from aero_jax.export import WEIGHTS_FILE, aero_config, fold, save_tensors
+from aero_jax.pi.cost import ROUND_TRIP_MIN, load_coefficients, pi_cost, workload
+from aero_jax.run_config import architecture_label, model_config_from
 from aero_jax.workdir import write_text_atomically
 
 PROTOCOLS = ("cheetah", "semi2k")
@@ -145,9 +149,7 @@ def pi_python() -> str:
 
 def write_model(c: ModelConfig, params, model_state, tokens: np.ndarray, out: str) -> None:
     """The folded float32 weights (aero-export's AERO layout), config.json and the client's tokens.json."""
-    from aero_jax.export import WEIGHTS_FILE, _save_tensors, aero_config, fold
-
-    _save_tensors(fold.plain_tensors(c, params, model_state), os.path.join(out, WEIGHTS_FILE), "float32")
+    save_tensors(fold.plain_tensors(c, params, model_state), os.path.join(out, WEIGHTS_FILE), "float32")
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(aero_config(c, {}), f)
     with open(os.path.join(out, "tokens.json"), "w") as f:
@@ -199,8 +201,6 @@ def kind_totals(segments: List[dict], traffic: Dict[str, LinkTraffic], scales: D
 def stated_round_trips(c: ModelConfig, seq_len: int) -> float:
     """The round trips the cost model fitted to the papers' latencies for this architecture (per LayerNorm, per
     activation layer, per matrix product)."""
-    from aero_jax.pi.cost import ROUND_TRIP_MIN, load_coefficients, workload
-
     coefficients, features = load_coefficients()["latency_min"], workload(c, seq_len).features()
     return sum(coefficients[name] * features[name] / ROUND_TRIP_MIN for name in
                ("layernorm_round_trips", "activation_round_trips", "matmul_round_trips"))
@@ -219,8 +219,6 @@ def logit_agreement(private: np.ndarray, plain: np.ndarray) -> dict:
 def report(c: ModelConfig, name: str, seq_len: int, layers: int, worker_result: dict,
            traffic: Dict[str, LinkTraffic]) -> dict:
     """Everything aero-pi-measure prints, as one dict."""
-    from aero_jax.pi.cost import pi_cost
-
     kinds = kind_totals(worker_result["segments"], traffic, block_scales(c, layers))
     total = {key: sum(row[key] for row in kinds.values()) for key in next(iter(kinds.values()))}
     model = pi_cost(c, seq_len, name=name)
@@ -243,8 +241,6 @@ def report(c: ModelConfig, name: str, seq_len: int, layers: int, worker_result: 
 
 def run_tokens(run, seq_len: int) -> np.ndarray:
     """The client's input: the first T tokens of the run's first validation row."""
-    from aero_jax.evaluate import run_data
-
     _, val_rows = run_data(run.config, run.model.config.max_len)
     return np.asarray(val_rows[0])[:seq_len]
 
@@ -253,9 +249,6 @@ def measure(workdir: str, *, step: Optional[int] = None, seq_len: Optional[int] 
             layers: Optional[int] = None, protocol: str = "cheetah", memory_gb: Optional[float] = None,
             progress=None) -> dict:
     """The measured private forward of a run (see the module docstring)."""
-    from aero_jax.evaluate import restore_step
-    from aero_jax.run_config import architecture_label, model_config_from
-
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol={protocol} is invalid; accepted: {', '.join(PROTOCOLS)}")
     run = restore_step(workdir, step)
