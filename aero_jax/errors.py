@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import sys
 import traceback
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -85,6 +86,12 @@ def _one_line(text: str) -> str:
         text = text[1:-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else ""
+
+
+def honour_ctrl_c() -> None:
+    """Ctrl-C raises KeyboardInterrupt even where the command started with SIGINT ignored (a script's background
+    job), so a long command can still be stopped, in one line."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_command(prog: str, body: Callable[[], None], *, verbose: bool, log_path: Callable[[], Optional[str]] = None,

@@ -108,11 +108,11 @@ def test_a_bfloat16_export_keeps_temperatures_and_scalars_in_float32(tmp_path):
 
     from safetensors.numpy import load_file
 
-    from aero_jax.export import _save_tensors, aero_config, fold
+    from aero_jax.export import aero_config, fold, save_tensors
     from aero_jax.export.parity import load_modeling
 
     model, params, state = moved_model("EReg(SM(t)+ScFuFFN)", **SIZE)
-    _save_tensors(fold.plain_tensors(model.config, params, state), str(tmp_path / "model.safetensors"), "bfloat16")
+    save_tensors(fold.plain_tensors(model.config, params, state), str(tmp_path / "model.safetensors"), "bfloat16")
     (tmp_path / "config.json").write_text(json.dumps(aero_config(model.config, {})))
     stored = load_file(str(tmp_path / "model.safetensors"))
     assert stored["h.0.attn.temperature"].dtype == np.float32 and stored["h.0.residual_scale"].dtype == np.float32

@@ -135,7 +135,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None:
+def save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None:
     """safetensors in `dtype`; learned temperatures and scalars (fold.FLOAT32_TENSORS) stay float32."""
     from safetensors.numpy import save_file
 
@@ -227,10 +227,10 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
                   "validation_perplexity": validation_perplexity_at(workdir, run.step)}
     with staged_directory(out, replace=overwrite, flag="--out") as staging:
         if layout == "hf":
-            _save_tensors(hf.gpt2_tensors(plain, c), os.path.join(staging, WEIGHTS_FILE), dtype)
+            save_tensors(hf.gpt2_tensors(plain, c), os.path.join(staging, WEIGHTS_FILE), dtype)
             config = {**hf.gpt2_config(c, eot_id=tokenizer.eot_id), "aero": provenance}
         else:
-            _save_tensors(plain, os.path.join(staging, WEIGHTS_FILE), dtype)
+            save_tensors(plain, os.path.join(staging, WEIGHTS_FILE), dtype)
             config = aero_config(c, provenance)
             shutil.copyfile(resources.files("aero_jax.export") / MODELING_FILE, os.path.join(staging, MODELING_FILE))
         config["torch_dtype"] = dtype
@@ -238,7 +238,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
             json.dump(config, f, indent=1)
         extras = fold.training_extras(c, run.state.params)
         if extras:
-            _save_tensors(extras, os.path.join(staging, EXTRAS_FILE), "float32")
+            save_tensors(extras, os.path.join(staging, EXTRAS_FILE), "float32")
         _write_tokenizer(tokenizer, staging)
         with open(os.path.join(staging, "README.md"), "w") as f:
             f.write(model_card(c, provenance, layout))

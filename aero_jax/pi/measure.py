@@ -1,6 +1,7 @@
 """aero-pi-measure: a trained run's forward pass under real 2-party computation, and what it costs.
 
-    aero-pi-measure --workdir W [--step N] [--seq-len T] [--layers K] [--protocol cheetah|semi2k] [--json]
+    aero-pi-measure --workdir W [--step N] [--seq-len T] [--layers K] [--protocol cheetah|semi2k] [--out DIR]
+        [--json]
 
 Folds the run's checkpoint (as aero-export does), gives the client (party 0) T tokens of the
 run's validation text and the server (party 1) the weights, and runs the forward, embedding and
@@ -8,7 +9,8 @@ LM head included, under SecretFlow SPU (`private_forward.py`, in its own environ
 `make pi-env`). Reports the measured bytes, CPU seconds and messages per kind of operation, the
 cost model's prediction beside them (aero-pi-cost), the private logits against the plaintext
 ones, and an estimated WAN latency. `--layers K` runs the first K blocks and scales each block's
-cost to all L. See docs/pi_cost.md.
+cost to all L. The report is kept as OUT/pi_measured_step{N}_T{T}_L{K}_{protocol}.json (OUT: the
+run's folder by default, where the study page reads it). See docs/pi_cost.md.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import math
 import os
 import pathlib
 import re
@@ -29,8 +32,12 @@ import numpy as np
 from etils import epath
 
 from aero_jax.config import ConfigError, ModelConfig
-from aero_jax.errors import RunFailed, argparse_main
-from aero_jax.workdir import write_text_atomically
+from aero_jax.errors import RunFailed, argparse_main, honour_ctrl_c
+from aero_jax.evaluate import restore_step, run_data
+from aero_jax.export import WEIGHTS_FILE, aero_config, fold, save_tensors
+from aero_jax.pi.cost import ROUND_TRIP_MIN, load_coefficients, pi_cost, workload
+from aero_jax.run_config import architecture_label, model_config_from
+from aero_jax.workdir import check_output_folder, write_text_atomically
 
 PROTOCOLS = ("cheetah", "semi2k")
 WORKER = pathlib.Path(__file__).with_name("private_forward.py")
@@ -145,9 +152,7 @@ def pi_python() -> str:
 
 def write_model(c: ModelConfig, params, model_state, tokens: np.ndarray, out: str) -> None:
     """The folded float32 weights (aero-export's AERO layout), config.json and the client's tokens.json."""
-    from aero_jax.export import WEIGHTS_FILE, _save_tensors, aero_config, fold
-
-    _save_tensors(fold.plain_tensors(c, params, model_state), os.path.join(out, WEIGHTS_FILE), "float32")
+    save_tensors(fold.plain_tensors(c, params, model_state), os.path.join(out, WEIGHTS_FILE), "float32")
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(aero_config(c, {}), f)
     with open(os.path.join(out, "tokens.json"), "w") as f:
@@ -165,10 +170,15 @@ def run_worker(model_dir: str, *, layers: int, protocol: str, python: str, block
     environment = {**os.environ, "JAX_PLATFORMS": "cpu"}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=environment) as worker:
-        for line in worker.stdout:
-            log.append(line)
-            if progress and line.startswith("@@segment"):
-                progress(line.split(maxsplit=1)[1].strip())
+        try:
+            for line in worker.stdout:
+                log.append(line)
+                if progress and line.startswith("@@segment"):
+                    progress(line.split(maxsplit=1)[1].strip())
+        except BaseException:  # Ctrl-C: the worker, holding gigabytes, ends with this process
+            worker.kill()
+            worker.wait()
+            raise
     if worker.returncode != 0 or not os.path.isfile(result_path):
         errors = [line.strip() for line in log if _ERROR_LINE.match(line)] or [line.strip() for line in log[-1:]]
         raise RunFailed(f"the private forward failed (exit status {worker.returncode}): "
@@ -199,8 +209,6 @@ def kind_totals(segments: List[dict], traffic: Dict[str, LinkTraffic], scales: D
 def stated_round_trips(c: ModelConfig, seq_len: int) -> float:
     """The round trips the cost model fitted to the papers' latencies for this architecture (per LayerNorm, per
     activation layer, per matrix product)."""
-    from aero_jax.pi.cost import ROUND_TRIP_MIN, load_coefficients, workload
-
     coefficients, features = load_coefficients()["latency_min"], workload(c, seq_len).features()
     return sum(coefficients[name] * features[name] / ROUND_TRIP_MIN for name in
                ("layernorm_round_trips", "activation_round_trips", "matmul_round_trips"))
@@ -219,8 +227,6 @@ def logit_agreement(private: np.ndarray, plain: np.ndarray) -> dict:
 def report(c: ModelConfig, name: str, seq_len: int, layers: int, worker_result: dict,
            traffic: Dict[str, LinkTraffic]) -> dict:
     """Everything aero-pi-measure prints, as one dict."""
-    from aero_jax.pi.cost import pi_cost
-
     kinds = kind_totals(worker_result["segments"], traffic, block_scales(c, layers))
     total = {key: sum(row[key] for row in kinds.values()) for key in next(iter(kinds.values()))}
     model = pi_cost(c, seq_len, name=name)
@@ -243,8 +249,6 @@ def report(c: ModelConfig, name: str, seq_len: int, layers: int, worker_result: 
 
 def run_tokens(run, seq_len: int) -> np.ndarray:
     """The client's input: the first T tokens of the run's first validation row."""
-    from aero_jax.evaluate import run_data
-
     _, val_rows = run_data(run.config, run.model.config.max_len)
     return np.asarray(val_rows[0])[:seq_len]
 
@@ -253,9 +257,6 @@ def measure(workdir: str, *, step: Optional[int] = None, seq_len: Optional[int] 
             layers: Optional[int] = None, protocol: str = "cheetah", memory_gb: Optional[float] = None,
             progress=None) -> dict:
     """The measured private forward of a run (see the module docstring)."""
-    from aero_jax.evaluate import restore_step
-    from aero_jax.run_config import architecture_label, model_config_from
-
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol={protocol} is invalid; accepted: {', '.join(PROTOCOLS)}")
     run = restore_step(workdir, step)
@@ -286,18 +287,19 @@ def measure_model(c: ModelConfig, name: str, params, model_state, tokens: np.nda
     return report(c, name, len(tokens), layers, result, traffic)
 
 
-def saved_report_path(workdir: str, seq_len: int, layers: int, protocol: str) -> str:
-    """Where aero-pi-measure keeps a run's report: one file per size and protocol, so earlier reports stay."""
-    return os.path.join(workdir, f"pi_measured_T{seq_len}_L{layers}_{protocol}.json")
+def saved_report_path(folder: str, step: int, seq_len: int, layers: int, protocol: str) -> str:
+    """Where aero-pi-measure keeps a report: one file per checkpoint, size and protocol, so earlier reports stay."""
+    return os.path.join(folder, f"pi_measured_step{step}_T{seq_len}_L{layers}_{protocol}.json")
 
 
-def saved_measurement(workdir: str, seq_len: int, protocol: str = "cheetah") -> Optional[dict]:
-    """The saved report of a run at T that measured the most blocks, or None (the study page's measured column)."""
+def saved_measurement(workdir: str, step: int, seq_len: int, protocol: str = "cheetah") -> Optional[dict]:
+    """The saved report of a run's checkpoint `step` at T that measured the most blocks, or None (the study page's
+    measured column). Reports named before the step was in the name count by the step they hold."""
     best = None
-    for path in glob.glob(os.path.join(glob.escape(workdir), f"pi_measured_T{seq_len}_L*_{protocol}.json")):
+    for path in glob.glob(os.path.join(glob.escape(workdir), f"pi_measured_*T{seq_len}_L*_{protocol}.json")):
         with open(path) as f:
             report = json.load(f)
-        if best is None or report["layers_measured"] > best["layers_measured"]:
+        if report.get("step") == step and (best is None or report["layers_measured"] > best["layers_measured"]):
             best = report
     return best
 
@@ -336,24 +338,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, help="measure the first K blocks and scale to all (default: all)")
     p.add_argument("--protocol", default="cheetah", help=f"one of {', '.join(PROTOCOLS)}")
     p.add_argument("--memory-gb", type=float, help="memory the run may take (default: what the machine has free)")
+    p.add_argument("--out", help="the folder the report is kept in (default: the workdir, where the study page "
+                                 "reads it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def check_memory_gb(memory_gb: Optional[float]) -> None:
+    """Refuse a --memory-gb that no size fits in (nan, inf, zero or less), before anything starts."""
+    if memory_gb is not None and not (math.isfinite(memory_gb) and memory_gb > 0):
+        raise ConfigError(f"--memory-gb {memory_gb} is invalid; accepted: a positive number of GB")
+
+
+def save_report(r: dict, folder: str, protocol: str) -> str:
+    """Keep the report in `folder`; a failure says it is printed above, since a measurement is costly to redo."""
+    path = saved_report_path(folder, r["step"], r["seq_len"], r["layers_measured"], protocol)
+    try:
+        epath.Path(folder).mkdir(parents=True, exist_ok=True)
+        write_text_atomically(epath.Path(path), json.dumps(r, indent=1))
+    except OSError as error:
+        raise RunFailed(f"cannot write the report {path} ({error.strerror or error}); the measurement is printed "
+                        f"above, to keep by hand (--out DIR keeps the next one in another folder)") from error
+    return path
 
 
 def _run(args) -> None:
     def progress(line: str) -> None:
         print(f"  {line}", file=sys.stderr, flush=True)
 
-    if args.memory_gb is not None and args.memory_gb <= 0:
-        raise ConfigError(f"--memory-gb {args.memory_gb} is invalid; accepted: a positive number of GB")
+    check_memory_gb(args.memory_gb)
+    out = args.out or args.workdir
+    if args.out or os.path.isdir(args.workdir):  # a missing workdir is named by restore_step
+        check_output_folder(out, flag="--out")  # before the measurement, which takes up to half an hour
     r = measure(args.workdir, step=args.step, seq_len=args.seq_len, layers=args.layers, protocol=args.protocol,
                 memory_gb=args.memory_gb, progress=progress)
-    saved = saved_report_path(args.workdir, r["seq_len"], r["layers_measured"], args.protocol)
-    write_text_atomically(epath.Path(saved), json.dumps(r, indent=1))
-    print(json.dumps(r) if args.json else f"{text(r)}\nwritten: {saved}")
+    print(json.dumps(r) if args.json else text(r), flush=True)  # before saving: a report that cannot be kept is seen
+    try:
+        saved = save_report(r, out, args.protocol)
+    except RunFailed:
+        if not args.json:
+            print(json.dumps(r), flush=True)  # the whole report too, to keep by hand
+        raise
+    if not args.json:
+        print(f"written: {saved}")
 
 
 def main(argv=None):
+    honour_ctrl_c()  # a measurement started from a script's background job can still be stopped
     argparse_main("aero-pi-measure", _parser(), _run, argv)
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 
 from etils import epath
 
 from aero_jax import presets
 from aero_jax.config import ConfigError
-from aero_jax.errors import argparse_main
+from aero_jax.errors import argparse_main, honour_ctrl_c
 from aero_jax.run_config import SIZE_FIELDS
 from aero_jax.study.claims import (VERDICTS, Claim, GapClaim, InstabilityClaim, OrderClaim, ShareClaim,
                                    SubstituteClaim, TemperatureClaim, TrendClaim)
@@ -98,9 +97,7 @@ def main(argv=None):
     from aero_jax import figures
 
     figures.files_only()
-    # Ctrl-C stops the study even where it started ignored (a script's background job), as the trainer's loop
-    # honours it: otherwise a SIGINT between runs (setting up the next) would be lost.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    honour_ctrl_c()  # as the trainer's loop does: otherwise a SIGINT between runs (setting up the next) is lost
     parser = argparse.ArgumentParser(prog="aero-study", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="a study file, e.g. studies/paper_claims.py[:variant]")
     parser.add_argument("--out", default="docs/results", help="figures and the report; the page is OUT.md")

@@ -20,16 +20,16 @@ from aero_jax.study.spec import PAPER_SIZE, RunSpec, Study
 from aero_jax.workdir import write_text_atomically
 
 
-def pi_columns(study: Study, run: RunSpec, workdir: str) -> dict:
+def pi_columns(study: Study, run: RunSpec, workdir: str, step: int) -> dict:
     """Communication and latency at the run's size and at GPT-2 small, T=128, with savings against SM+LN+G; and the
-    communication aero-pi-measure measured for the run at its size, when it has been measured."""
+    communication aero-pi-measure measured for the run's checkpoint `step` at its size, when it has been measured."""
     from aero_jax.pi.cost import pi_cost
     from aero_jax.pi.measure import saved_measurement
 
     name = presets.resolve(run.preset)
     here = pi_cost(presets.model_config(name, size="tiny", **study.size), name=name)
     paper = pi_cost(presets.model_config(name, size="tiny", **PAPER_SIZE), name=name)
-    measured = saved_measurement(workdir, study.size["max_len"])
+    measured = saved_measurement(workdir, step, study.size["max_len"])
     return {"ops": here["nonlinear_ops"], "comm": here["comm_gb"], "latency": here["latency_min"],
             "measured_comm": measured and measured["total"]["scaled_bytes"] / 1e9,
             "comm_saving": here["comm_saving"], "paper_comm": paper["comm_gb"],
@@ -118,7 +118,8 @@ def write_page(study: Study, summaries, out: str, command: str, root: str) -> st
     def saved(key: str, fig) -> str:
         return link(figures.save(fig, os.path.join(out, f"{key}.png")))
 
-    costs = {run.name: pi_columns(study, run, ctx.workdirs(run.name)[0]) for run in study.runs}
+    costs = {run.name: pi_columns(study, run, ctx.workdirs(run.name)[0], summaries[(run.name, run.seeds[0])]["step"])
+             for run in study.runs}  # the measurement of the step the table evaluates
     names = [r.name for r in study.runs]
     points = [(n, costs[n]["paper_comm"], m) for n, m, _ in ctx.measured(names) if np.isfinite(m)]
     front = pareto_front(points)

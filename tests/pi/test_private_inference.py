@@ -93,7 +93,7 @@ def test_the_command_measures_k_blocks_and_scales_them(trained):
     assert report["wan_estimate"]["latency_min"] > 0
     assert report["logits"]["max_abs_error"] < LOGIT_TOLERANCE
     assert "1/" in result.stderr and "softmax" in result.stderr  # progress, one line per program
-    saved = json.loads(open(measure.saved_report_path(trained, T, 1, "cheetah")).read())  # kept for the study page
+    saved = json.loads(open(measure.saved_report_path(trained, report["step"], T, 1, "cheetah")).read())  # the page's
     assert saved["total"] == report["total"]
 
 
