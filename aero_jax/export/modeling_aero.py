@@ -10,10 +10,11 @@ Depends on torch and safetensors only; this file is copied next to the weights (
 With transformers installed the same directory also loads through
 `AutoModelForCausalLM.from_pretrained("DIR", trust_remote_code=True)`, whose `generate` is Hugging Face's
 (GenerationMixin); `aero_generate` is this file's own (greedy, temperature, top-k, top-p, end of text), which
-is `generate` when transformers is not installed. Left-padded batches take an attention_mask; every real
-token keeps its absolute position (position embedding and learned temperature). Training-time
-reparameterisations (weight and spectral norm, FFN scalars, the LayerNorm substitute) are
-already folded into the weights; learned temperatures are a [H, T] buffer per layer.
+is `generate` when transformers is not installed. Both stop at the config's eos_token_id (the tokenizer's
+end of text, also the pad id). Left-padded batches take an attention_mask; every real token keeps its
+absolute position (position embedding and learned temperature). Training-time reparameterisations (weight
+and spectral norm, FFN scalars, the LayerNorm substitute) are already folded into the weights; learned
+temperatures are a [H, T] buffer per layer.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ ARCHITECTURE_FIELDS = dict(
     vocab_size=257, max_len=128, num_layers=2, num_heads=2, d_model=32, d_ff=128, ffn_layers=None, ffn_fused=False,
     activation="gelu", gelu_form="exact", ln_attn=True, ln_ffn=True, ln_final=True, ln_mode="layernorm",
     ln_epsilon=1e-5, learnable_temperature=False, residual_scale=False)
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # the tokenizer's end of text (aero-export), or None
 
 
 class AeroConfig(_ConfigBase):
@@ -72,6 +74,7 @@ class AeroConfig(_ConfigBase):
     def __init__(self, **fields):
         for name, default in ARCHITECTURE_FIELDS.items():
             setattr(self, name, fields.pop(name, default))
+        tokens = {name: fields.pop(name, None) for name in TOKEN_FIELDS}
         self.aero = fields.pop("aero", {})
         if self.ffn_layers is None:
             self.ffn_layers = list(range(self.num_layers))
@@ -81,6 +84,8 @@ class AeroConfig(_ConfigBase):
         if _WITH_TRANSFORMERS:
             fields.setdefault("tie_word_embeddings", True)
             super().__init__(**fields)
+        for name, value in tokens.items():  # after transformers' __init__, which may reset them
+            setattr(self, name, value)
 
     @classmethod
     def from_fields(cls, fields: dict) -> "AeroConfig":
@@ -318,12 +323,15 @@ class AeroForCausalLM(*_ModelBases):
                       generator: Optional[torch.Generator] = None, **unused) -> torch.Tensor:
         """Prompts [B, P] (left-padded, with their attention_mask) followed by up to max_new_tokens tokens, as
         transformers' generate returns them: greedy, or sampled with temperature, top-k and top-p; a row that
-        reached eos_token_id continues with pad_token_id (eos when none is given)."""
+        reached eos_token_id continues with pad_token_id (eos when none is given). eos_token_id and pad_token_id
+        default to the config's, the tokenizer's end of text in an export."""
         B, P = input_ids.shape
         if P + max_new_tokens > self.config.max_len:
             raise ValueError(f"a prompt of {P} tokens plus max_new_tokens={max_new_tokens} is invalid; accepted: at "
                              f"most max_len={self.config.max_len} positions")
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        pad_token_id = self.config.pad_token_id if pad_token_id is None else pad_token_id
         fill = pad_token_id if pad_token_id is not None else eos_token_id
         out = self(input_ids, attention_mask=mask, use_cache=True)
         tokens, done = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
