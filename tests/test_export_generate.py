@@ -1,9 +1,11 @@
 """The torch export generates: its key/value cache gives the logits of full passes at every position of
 left-padded prompts, and greedy `generate`, through transformers and through the file's own `aero_generate`,
-gives aero_jax.sample's tokens, for one preset per mechanism; both stop at the config's end of text."""
+gives aero_jax.sample's tokens, for one preset per mechanism; both stop at the config's end of text and refuse
+(or warn about) prompts whose padding cannot be right."""
 
 import functools
 import json
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -181,3 +183,32 @@ def test_generation_stops_at_the_configs_end_of_text_by_default():
         through_transformers = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     assert plain[1, P:].tolist() == unstopped[1, P:P + 2].tolist() + [eos] * 6  # then the pad id, end of text
     assert torch.equal(through_transformers, plain)
+
+
+@pytest.mark.parametrize("how", ["aero_generate", "generate", "forward"])
+def test_an_empty_prompt_is_refused_in_one_error(how):
+    model = stopping_at(eos=256)
+    with pytest.raises(ValueError, match=r"input_ids of shape \[1, 0\] is invalid; accepted: .*at least one token"):
+        with torch.no_grad():
+            getattr(model, how)(torch.zeros((1, 0), dtype=torch.long))
+
+
+@pytest.mark.parametrize("how", ["aero_generate", "generate"])
+def test_right_padded_prompts_and_rows_of_padding_are_refused(how):
+    model = stopping_at(eos=256)
+    ids, mask = left_padded(PROMPTS, pad=256)
+    right_ids, right_mask = ids.flip(1), mask.flip(1)
+    with pytest.raises(ValueError, match=r"attention_mask marks the last prompt token of rows \[1, 2\] as padding"):
+        getattr(model, how)(right_ids, attention_mask=right_mask, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"rows \[1\] as padding.*accepted: left-padded prompts"):
+        getattr(model, how)(ids, attention_mask=mask * torch.tensor([[1], [0], [1]]), max_new_tokens=2)
+
+
+def test_a_batch_without_attention_mask_is_warned_about():
+    model = stopping_at(eos=256)
+    ids, _ = left_padded(PROMPTS, pad=256)
+    with pytest.warns(UserWarning, match="without attention_mask.*pass attention_mask"):
+        model.aero_generate(ids, max_new_tokens=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.aero_generate(ids[:1], max_new_tokens=2)  # one row: nothing to pad
