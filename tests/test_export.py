@@ -202,6 +202,15 @@ def test_the_torch_layout_loads_through_automodel_with_remote_code(trained, tmp_
                                atol=TOLERANCE, rtol=0)
 
 
+def test_both_layouts_name_the_tokenizers_end_of_text_as_eos_and_pad(trained, tmp_path):
+    from aero_jax.data import ByteTokenizer
+
+    for layout in ("hf", "torch"):
+        to_pytorch(trained["SM+LN+G"], str(tmp_path / layout), layout=layout)
+        config = json.loads((tmp_path / layout / "config.json").read_text())
+        assert [config.get(f"{k}_token_id") for k in ("bos", "eos", "pad")] == [ByteTokenizer.eot_id] * 3, layout
+
+
 # -- import from Hugging Face ---------------------------------------------------------------------
 
 def _gpt2_directory(tmp_path, corpus_text: str, vocab_size: int = 300):

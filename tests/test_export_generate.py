@@ -1,8 +1,11 @@
 """The torch export generates: its key/value cache gives the logits of full passes at every position of
 left-padded prompts, and greedy `generate`, through transformers and through the file's own `aero_generate`,
-gives aero_jax.sample's tokens, for one preset per mechanism."""
+gives aero_jax.sample's tokens, for one preset per mechanism; both stop at the config's end of text and refuse
+(or warn about) prompts whose padding cannot be right."""
 
+import functools
 import json
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -126,7 +129,8 @@ def test_a_bfloat16_export_keeps_temperatures_and_scalars_in_float32(tmp_path):
 @pytest.mark.slow
 def test_the_export_generates_what_aero_sample_prints(corpus, tmp_path):
     """Through the console scripts: a trained run's `aero-sample --temperature 0` and its torch export's generate
-    (AutoModelForCausalLM, remote code) on the same prompts, left-padded in one batch, stopping at end of text."""
+    (AutoModelForCausalLM, remote code) on the same prompts, left-padded in one batch, stopping at end of text
+    (the export's config names it)."""
     transformers = pytest.importorskip("transformers")
     from aero_jax.data import ByteTokenizer
     from aero_jax.trainer import train
@@ -143,7 +147,68 @@ def test_the_export_generates_what_aero_sample_prints(corpus, tmp_path):
     tokenizer = ByteTokenizer()
     ids, mask = left_padded([tokenizer.encode(p) for p in prompts])
     with torch.no_grad():
-        generated = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
-                                   eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.eot_id)
+        generated = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False)
     for row, tokens in enumerate(generated[:, ids.shape[1]:].tolist()):
         assert (tokens[:tokens.index(tokenizer.eot_id)] if tokenizer.eot_id in tokens else tokens) == expected[row]
+
+
+@functools.lru_cache
+def exported_tensors(name: str):
+    """(model config, state dict) of the greedy model of test_an_end_of_text_token_ends_a_row, made once per preset."""
+    model, params, state = moved_model(name, seed=3, **SIZE)
+    return model.config, torch_model(model.config, params, state).state_dict()
+
+
+def stopping_at(eos, name: str = "SM+LN+G"):
+    """That model exported with `eos` as its end-of-text (and pad) id, as aero-export writes the tokenizer's."""
+    from aero_jax.export import aero_config
+    from aero_jax.export.parity import load_modeling
+
+    c, tensors = exported_tensors(name)
+    modeling = load_modeling()
+    exported = modeling.AeroForCausalLM(modeling.AeroConfig.from_fields(aero_config(c, {}, eot_id=eos)))
+    exported.load_state_dict(tensors)
+    return exported.eval()
+
+
+def test_generation_stops_at_the_configs_end_of_text_by_default():
+    ids, mask = left_padded(PROMPTS)
+    P = ids.shape[1]
+    unstopped = stopping_at(None, "EReg(SM(t)+ScFuFFN)").aero_generate(ids, attention_mask=mask, max_new_tokens=8)
+    eos = unstopped[1, P + 1].item()  # row 1's second new token; unstopped, the row moves on to another one later
+    assert unstopped[1, P + 2:].ne(eos).any()
+    model = stopping_at(eos, "EReg(SM(t)+ScFuFFN)")
+    plain = model.aero_generate(ids, attention_mask=mask, max_new_tokens=8)
+    with torch.no_grad():
+        through_transformers = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    assert plain[1, P:].tolist() == unstopped[1, P:P + 2].tolist() + [eos] * 6  # then the pad id, end of text
+    assert torch.equal(through_transformers, plain)
+
+
+@pytest.mark.parametrize("how", ["aero_generate", "generate", "forward"])
+def test_an_empty_prompt_is_refused_in_one_error(how):
+    model = stopping_at(eos=256)
+    with pytest.raises(ValueError, match=r"input_ids of shape \[1, 0\] is invalid; accepted: .*at least one token"):
+        with torch.no_grad():
+            getattr(model, how)(torch.zeros((1, 0), dtype=torch.long))
+
+
+@pytest.mark.parametrize("how", ["aero_generate", "generate"])
+def test_right_padded_prompts_and_rows_of_padding_are_refused(how):
+    model = stopping_at(eos=256)
+    ids, mask = left_padded(PROMPTS, pad=256)
+    right_ids, right_mask = ids.flip(1), mask.flip(1)
+    with pytest.raises(ValueError, match=r"attention_mask marks the last prompt token of rows \[1, 2\] as padding"):
+        getattr(model, how)(right_ids, attention_mask=right_mask, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"rows \[1\] as padding.*accepted: left-padded prompts"):
+        getattr(model, how)(ids, attention_mask=mask * torch.tensor([[1], [0], [1]]), max_new_tokens=2)
+
+
+def test_a_batch_without_attention_mask_is_warned_about():
+    model = stopping_at(eos=256)
+    ids, _ = left_padded(PROMPTS, pad=256)
+    with pytest.warns(UserWarning, match="without attention_mask.*pass attention_mask"):
+        model.aero_generate(ids, max_new_tokens=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.aero_generate(ids[:1], max_new_tokens=2)  # one row: nothing to pad

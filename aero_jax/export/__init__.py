@@ -150,8 +150,10 @@ def save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None:
     follow_umask(path)  # safetensors writes 0600
 
 
-def aero_config(c: ModelConfig, provenance: dict) -> dict:
-    """config.json of the AERO layout: the architecture modeling_aero.py builds, and where it came from."""
+def aero_config(c: ModelConfig, provenance: dict, *, eot_id: Optional[int] = None) -> dict:
+    """config.json of the AERO layout: the architecture modeling_aero.py builds, where it came from, and the
+    tokenizer's end-of-text id as bos, eos and pad id (as GPT-2's config has it; null when not known), so that
+    generate stops at end of text and transformers can warn about padding."""
     return dict(
         model_type="aero", architectures=["AeroForCausalLM"],
         auto_map={"AutoConfig": "modeling_aero.AeroConfig", "AutoModelForCausalLM": "modeling_aero.AeroForCausalLM"},
@@ -161,7 +163,7 @@ def aero_config(c: ModelConfig, provenance: dict) -> dict:
         gelu_form=c.gelu_form, ln_attn=c.ln_attn, ln_ffn=c.ln_ffn, ln_final=c.ln_final,
         ln_mode="centered_affine" if c.ln_frozen else "layernorm", ln_epsilon=c.ln_epsilon,
         learnable_temperature=c.learnable_temperature, residual_scale=c.ffn_scaling, tie_word_embeddings=True,
-        aero=provenance)
+        bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id, aero=provenance)
 
 
 def _write_tokenizer(tokenizer, out: str) -> None:
@@ -231,7 +233,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
             config = {**hf.gpt2_config(c, eot_id=tokenizer.eot_id), "aero": provenance}
         else:
             save_tensors(plain, os.path.join(staging, WEIGHTS_FILE), dtype)
-            config = aero_config(c, provenance)
+            config = aero_config(c, provenance, eot_id=tokenizer.eot_id)
             shutil.copyfile(resources.files("aero_jax.export") / MODELING_FILE, os.path.join(staging, MODELING_FILE))
         config["torch_dtype"] = dtype
         with open(os.path.join(staging, "config.json"), "w") as f:

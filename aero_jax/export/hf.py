@@ -47,12 +47,14 @@ def gpt2_activation(c: ModelConfig) -> str:
 
 
 def gpt2_config(c: ModelConfig, *, eot_id: int) -> dict:
-    """config.json of a GPT2LMHeadModel with this architecture (no dropout, tied head)."""
+    """config.json of a GPT2LMHeadModel with this architecture (no dropout, tied head); the end-of-text id is its
+    bos, eos and pad id."""
     return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size, n_positions=c.max_len,
                 n_embd=c.d_model, n_layer=c.num_layers, n_head=c.num_heads, n_inner=c.d_ff,
                 activation_function=gpt2_activation(c), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                 layer_norm_epsilon=c.ln_epsilon, initializer_range=c.init_std, scale_attn_weights=True,
-                tie_word_embeddings=True, bos_token_id=eot_id, eos_token_id=eot_id, use_cache=True)
+                tie_word_embeddings=True, bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id,
+                use_cache=True)
 
 
 def gpt2_tensors(plain: Dict[str, np.ndarray], c: ModelConfig) -> Dict[str, np.ndarray]:

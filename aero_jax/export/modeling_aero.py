@@ -10,10 +10,12 @@ Depends on torch and safetensors only; this file is copied next to the weights (
 With transformers installed the same directory also loads through
 `AutoModelForCausalLM.from_pretrained("DIR", trust_remote_code=True)`, whose `generate` is Hugging Face's
 (GenerationMixin); `aero_generate` is this file's own (greedy, temperature, top-k, top-p, end of text), which
-is `generate` when transformers is not installed. Left-padded batches take an attention_mask; every real
-token keeps its absolute position (position embedding and learned temperature). Training-time
-reparameterisations (weight and spectral norm, FFN scalars, the LayerNorm substitute) are
-already folded into the weights; learned temperatures are a [H, T] buffer per layer.
+is `generate` when transformers is not installed. Both stop at the config's eos_token_id (the tokenizer's
+end of text, also the pad id), refuse an empty or right-padded prompt (transformers only warns about right
+padding) and warn, as transformers does for GPT-2, about a batch without attention_mask. Left-padded batches
+take an attention_mask; every real token keeps its absolute position (position embedding and learned
+temperature). Training-time reparameterisations (weight and spectral norm, FFN scalars, the LayerNorm
+substitute) are already folded into the weights; learned temperatures are a [H, T] buffer per layer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -60,6 +63,7 @@ ARCHITECTURE_FIELDS = dict(
     vocab_size=257, max_len=128, num_layers=2, num_heads=2, d_model=32, d_ff=128, ffn_layers=None, ffn_fused=False,
     activation="gelu", gelu_form="exact", ln_attn=True, ln_ffn=True, ln_final=True, ln_mode="layernorm",
     ln_epsilon=1e-5, learnable_temperature=False, residual_scale=False)
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # the tokenizer's end of text (aero-export), or None
 
 
 class AeroConfig(_ConfigBase):
@@ -72,6 +76,7 @@ class AeroConfig(_ConfigBase):
     def __init__(self, **fields):
         for name, default in ARCHITECTURE_FIELDS.items():
             setattr(self, name, fields.pop(name, default))
+        tokens = {name: fields.pop(name, None) for name in TOKEN_FIELDS}
         self.aero = fields.pop("aero", {})
         if self.ffn_layers is None:
             self.ffn_layers = list(range(self.num_layers))
@@ -81,6 +86,8 @@ class AeroConfig(_ConfigBase):
         if _WITH_TRANSFORMERS:
             fields.setdefault("tie_word_embeddings", True)
             super().__init__(**fields)
+        for name, value in tokens.items():  # after transformers' __init__, which may reset them
+            setattr(self, name, value)
 
     @classmethod
     def from_fields(cls, fields: dict) -> "AeroConfig":
@@ -280,6 +287,7 @@ class AeroForCausalLM(*_ModelBases):
         `position_ids` default to the count of real tokens before each one."""
         if labels is not None:
             raise ValueError("labels are not supported; accepted: input_ids (compute the loss from out.logits)")
+        check_tokens(input_ids)
         B, T = input_ids.shape
         past_key_values = cache if cache is not None else past_key_values  # transformers 5 passes `cache`
         cache = past_key_values if past_key_values is not None else (KeyValueCache() if use_cache else None)
@@ -318,12 +326,20 @@ class AeroForCausalLM(*_ModelBases):
                       generator: Optional[torch.Generator] = None, **unused) -> torch.Tensor:
         """Prompts [B, P] (left-padded, with their attention_mask) followed by up to max_new_tokens tokens, as
         transformers' generate returns them: greedy, or sampled with temperature, top-k and top-p; a row that
-        reached eos_token_id continues with pad_token_id (eos when none is given)."""
+        reached eos_token_id continues with pad_token_id (eos when none is given). eos_token_id and pad_token_id
+        default to the config's, the tokenizer's end of text in an export; check_prompts says what is refused."""
+        check_prompts(input_ids, attention_mask)
         B, P = input_ids.shape
         if P + max_new_tokens > self.config.max_len:
             raise ValueError(f"a prompt of {P} tokens plus max_new_tokens={max_new_tokens} is invalid; accepted: at "
                              f"most max_len={self.config.max_len} positions")
+        if attention_mask is None and B > 1:
+            warnings.warn(f"a batch of {B} prompts without attention_mask is read as unpadded: a left-padded row "
+                          f"continues as if its padding were text (the ids cannot tell padding from text: an export's "
+                          f"pad id is also its end of text); pass attention_mask (0 at padding)", stacklevel=2)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        eos_token_id = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        pad_token_id = self.config.pad_token_id if pad_token_id is None else pad_token_id
         fill = pad_token_id if pad_token_id is not None else eos_token_id
         out = self(input_ids, attention_mask=mask, use_cache=True)
         tokens, done = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
@@ -341,8 +357,37 @@ class AeroForCausalLM(*_ModelBases):
             out = self(next_B[:, None], attention_mask=mask, cache=getattr(out, _CACHE_FIELD), use_cache=True)
         return tokens
 
-    if not _WITH_TRANSFORMERS:
+    if _WITH_TRANSFORMERS:
+        def generate(self, inputs=None, *args, **kwargs):
+            """transformers' generate (GenerationMixin), after check_prompts: an empty or right-padded prompt is
+            refused rather than continued wrongly."""
+            check_prompts(inputs if inputs is not None else kwargs.get("input_ids"), kwargs.get("attention_mask"))
+            return super().generate(inputs, *args, **kwargs)
+    else:
         generate = aero_generate
+
+
+def check_tokens(input_ids: torch.Tensor) -> None:
+    """Refuse token ids that are not [B, T] with at least one token: a forward pass has nothing to compute."""
+    if input_ids.ndim != 2 or 0 in input_ids.shape:
+        raise ValueError(f"input_ids of shape {list(input_ids.shape)} is invalid; accepted: [batch, tokens] with at "
+                         f"least one token (a prompt needs one to continue from)")
+
+
+def check_prompts(input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor]) -> None:
+    """Refuse prompts that generation would continue from a pad token, wrongly and silently: none at all, or rows
+    whose attention_mask ends in padding (right-padded, or padding only). A decoder-only model continues from the
+    last token of each row, so only left padding is right (transformers merely warns about right padding)."""
+    if input_ids is None:  # inputs_embeds: transformers' generate checks them
+        return
+    check_tokens(input_ids)
+    if attention_mask is None or attention_mask.shape != input_ids.shape:  # a mask of another shape: forward refuses
+        return
+    padded_last = torch.nonzero(attention_mask[:, -1] == 0).flatten().tolist()
+    if padded_last:
+        raise ValueError(f"attention_mask marks the last prompt token of rows {padded_last} as padding (right padding, "
+                         f"or a row of padding only); accepted: left-padded prompts, each with at least one real "
+                         f"token (a tokenizer's padding_side='left')")
 
 
 def choose_next(logits_BxV: torch.Tensor, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
