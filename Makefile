@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
 
-.PHONY: train test test-slow test-tpu pi-env test-pi bench results results-deep clean
+.PHONY: train test test-slow test-latest test-tpu pi-env test-pi bench results results-deep clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ test: $(BIN)/.installed
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m slow tests
+
+# The newest JAX (0.11 and newer need Python 3.12, from pyenv where there is one) in its own environment: every default
+# test; the export's skip there, since torch's Python 3.12 wheel is a CUDA build of several GB.
+PYTHON_LATEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+LATEST_BIN := .venv-latest/bin
+$(LATEST_BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON_LATEST) -m venv .venv-latest
+	$(LATEST_BIN)/pip install --quiet --upgrade pip
+	$(LATEST_BIN)/pip install --quiet --upgrade -e '.[test-core]'
+	touch $@
+
+test-latest: $(LATEST_BIN)/.installed
+	$(LATEST_BIN)/python -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__)"
+	$(LATEST_BIN)/python -m pytest -m "not slow" tests
 
 # aero-compile against libtpu (about 700 MB, so its own environment): TPU topologies compiled on this machine.
 TPU_BIN := .venv-tpu/bin
@@ -63,4 +77,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/decode.py
 
 clean:
-	rm -rf $(VENV) .venv-tpu .venv-pi build *.egg-info
+	rm -rf $(VENV) .venv-latest .venv-tpu .venv-pi build *.egg-info
