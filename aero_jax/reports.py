@@ -3,8 +3,13 @@
     aero-report WORKDIR [WORKDIR ...] [--out DIR]
 
 Everything comes from the runs' own files: config.json, metrics.jsonl, eval/ (head-entropy
-matrices) and the newest checkpoint (thresholds, temperatures). Writes table.md, table.csv and
+matrices) and a checkpoint (thresholds, temperatures). Writes table.md, table.csv and
 the PNG figures to DIR (default: the first WORKDIR's report/).
+
+Each run is shown at one step, the table's step column: its newest kept checkpoint that has an evaluation
+(a perplexity record and a head-entropy matrix), so a row's perplexity, its heatmap and its learned
+thresholds and temperatures come from the same weights. A run with no evaluation at any kept checkpoint
+is shown at its newest checkpoint and newest evaluation, and the step column names both.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import dataclasses
 import glob
 import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -23,7 +28,7 @@ from aero_jax import figures
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.entropy import entropy_range_shares
 from aero_jax.errors import argparse_main
-from aero_jax.evaluate import load_run_config, restore_run
+from aero_jax.evaluate import RestoredRun, load_run_config, restore_run, restore_step
 from aero_jax.model import THRESHOLDS
 from aero_jax.model import temperatures as model_temperatures
 from aero_jax.pi.cost import pi_cost
@@ -41,22 +46,51 @@ class Run:
     model_config: ModelConfig
     train: List[dict]
     evals: List[dict]
-    head_entropy: np.ndarray  # [L, H], the newest evaluation
+    step: int  # of the checkpoint: `params`
+    eval_step: int  # of the evaluation (`perplexity`, `head_entropy`): `step` unless no kept checkpoint has one
+    perplexity: Optional[float]  # None: no perplexity record at eval_step
+    head_entropy: np.ndarray  # [L, H]
     params: dict
+
+    @property
+    def step_label(self):
+        """The step of the row's figures: one number, or both where checkpoint and evaluation differ."""
+        return self.step if self.step == self.eval_step else f"checkpoint {self.step}, evaluation {self.eval_step}"
+
+
+def head_entropy_files(workdir: str) -> Dict[int, str]:
+    """{step: path} of the run's eval/head_entropy_step*.npy."""
+    return {int(re.findall(r"step(\d+)", f)[-1]): f
+            for f in glob.glob(os.path.join(workdir, "eval", "head_entropy_step*.npy"))}
 
 
 def newest_evaluation(workdir: str) -> Tuple[int, np.ndarray]:
     """(step, head entropy [L, H]) of the run's newest evaluation."""
-    files = glob.glob(os.path.join(workdir, "eval", "head_entropy_step*.npy"))
+    files = _evaluated(workdir)
+    step = max(files)
+    return step, np.load(files[step])
+
+
+def _evaluated(workdir: str) -> Dict[int, str]:
+    """head_entropy_files, refusing a run that has none."""
+    files = head_entropy_files(workdir)
     if not files:
         raise ConfigError(f"workdir {workdir} has no eval/head_entropy_step*.npy; accepted: a run evaluated by "
                           f"aero-train (with sow_entropy on)")
-    step, path = max((int(re.findall(r"step(\d+)", f)[-1]), f) for f in files)
-    return step, np.load(path)
+    return files
 
 
-def newest_head_entropy(workdir: str) -> np.ndarray:
-    return newest_evaluation(workdir)[1]
+def _restore_evaluated(workdir: str, evaluated) -> RestoredRun:
+    """The run at its newest readable checkpoint among the `evaluated` steps, else at its newest readable one."""
+    newest = restore_run(workdir)
+    for step in sorted(set(newest.steps) & set(evaluated), reverse=True):
+        if step == newest.step:
+            return newest
+        try:
+            return restore_step(workdir, step)
+        except ConfigError:  # unreadable, or deleted by a trainer meanwhile: an older one
+            continue
+    return newest
 
 
 def load_run(workdir: str) -> Run:
@@ -64,10 +98,15 @@ def load_run(workdir: str) -> Run:
     if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
         raise ConfigError(f"workdir {workdir} has no {METRICS_FILE}; accepted: a run directory written by aero-train")
     records = read_metrics(workdir)
-    run = restore_run(workdir)
+    evals = [r for r in records if r["kind"] == "eval"]
+    perplexity = {r["step"]: r.get("perplexity") for r in evals}  # a later record of a step wins
+    run = _restore_evaluated(workdir, set(head_entropy_files(workdir)) & set(perplexity))  # refuses no checkpoint
+    entropy = _evaluated(workdir)  # refuses a run without an evaluation
+    eval_step = run.step if run.step in entropy else max(entropy)
     return Run(label=architecture_label(run.config.model), workdir=workdir, model_config=run.model.config,
-               train=[r for r in records if r["kind"] == "train"], evals=[r for r in records if r["kind"] == "eval"],
-               head_entropy=newest_head_entropy(workdir), params=run.state.params)
+               train=[r for r in records if r["kind"] == "train"], evals=evals, step=run.step, eval_step=eval_step,
+               perplexity=perplexity.get(eval_step), head_entropy=np.load(entropy[eval_step]),
+               params=run.state.params)
 
 
 def check_same_size(runs: List[Run]) -> None:
@@ -89,8 +128,8 @@ def table_rows(runs: List[Run]) -> List[Dict]:
     rows = []
     for r in runs:
         c = pi_cost(r.model_config, name=r.label)
-        rows.append({"architecture": r.label,
-                     "eval perplexity": round(r.evals[-1]["perplexity"], 3) if r.evals else None,
+        rows.append({"architecture": r.label, "step": r.step_label,
+                     "eval perplexity": None if r.perplexity is None else round(r.perplexity, 3),
                      "nonlinear ops": c["nonlinear_ops"], "FFN FLOPs (B)": round(c["ffn_flops"] / 1e9, 3),
                      "attention FLOPs (B)": round(c["attn_flops"] / 1e9, 3), "comm (GB)": round(c["comm_gb"], 3),
                      "latency (min)": round(c["latency_min"], 3), "comm saving": round(c["comm_saving"], 2),
@@ -118,11 +157,14 @@ def _series(run: Run, key: str):
 def write_figures(runs: List[Run], out: str) -> Dict[str, str]:
     """Every figure whose data the runs have; returns {name: path}."""
     by = {r.label: r for r in runs}
+    evaluated = {f"{r.label}, step {r.eval_step}": r for r in runs}  # the table's step (or its evaluation's)
+    saved = {f"{r.label}, step {r.step}": r for r in runs}
     written = {
-        "head_entropy": figures.heatmaps({k: r.head_entropy for k, r in by.items()}, value_label="entropy (nats)",
-                                         title="Attention entropy of each head (validation, newest evaluation)"),
-        "entropy_ranges": figures.range_shares({k: entropy_range_shares(r.head_entropy) for k, r in by.items()},
-                                               title="Share of heads per entropy range"),
+        "head_entropy": figures.heatmaps({k: r.head_entropy for k, r in evaluated.items()},
+                                         value_label="entropy (nats)",
+                                         title="Attention entropy of each head (validation, at the table's step)"),
+        "entropy_ranges": figures.range_shares({k: entropy_range_shares(r.head_entropy) for k, r in evaluated.items()},
+                                               title="Share of heads per entropy range, at the table's step"),
         "layer_entropy": figures.per_layer_curves({k: _series(r, "layer_entropy") for k, r in by.items()},
                                                   title="Mean attention entropy of each layer during training",
                                                   value_label="entropy (nats)"),
@@ -130,13 +172,13 @@ def write_figures(runs: List[Run], out: str) -> Dict[str, str]:
                                               title="Non-finite attention probabilities per layer",
                                               value_label="count per log window"),
     }
-    thresholds = {k: r.params[THRESHOLDS] for k, r in by.items() if THRESHOLDS in r.params}
+    thresholds = {k: r.params[THRESHOLDS] for k, r in saved.items() if THRESHOLDS in r.params}
     if thresholds:
         written["thresholds"] = figures.heatmaps(thresholds, value_label="theta (fraction of log T)",
                                                  title="Learned entropy thresholds of each head")
     temperatures = {k: np.stack([np.asarray(model_temperatures(r.params[f"block_{l}"]["attn"], r.model_config))
                                  for l in range(r.model_config.num_layers)])
-                    for k, r in by.items() if r.model_config.learnable_temperature}
+                    for k, r in saved.items() if r.model_config.learnable_temperature}
     if temperatures:
         written["temperatures"] = figures.temperature_summary(temperatures, title="Learned attention temperatures")
     return {name: figures.save(fig, os.path.join(out, f"{name}.png")) for name, fig in written.items()}

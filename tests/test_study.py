@@ -175,6 +175,51 @@ def test_a_spec_that_cannot_give_its_study_is_refused_in_one_line_naming_it(tmp_
     assert_one_line(result, "aero-study", 2, f"--spec={spec}", expected, "; accepted: a ")
 
 
+@pytest.mark.parametrize("old, new, expected", [
+    ("train=dict(num_steps=4,", "train=dict(num_step=4,",
+     ["study tiny: train.num_step names no config field (did you mean train.num_steps?); accepted: ",
+      "train.batch_size", "train.num_steps"]),
+    ("vocab_size=257, max_len=32)", "vocab_size=257, max_len=32, num_layrs=3)",
+     ["study tiny: size.num_layrs names no size field (did you mean size.num_layers?); accepted: size.num_layers, "
+      "size.num_heads, size.d_model, size.d_ff, size.vocab_size, size.max_len"]),
+    ('"optim.peak_lr": 1e6', '"optim.peak_lrr": 1e6',
+     ["run D: override optim.peak_lrr names no config field (did you mean optim.peak_lr?); accepted: ",
+      "optim.peak_lr"]),
+    ('"optim.peak_lr": 1e6', '"optm.peak_lr": 1e6',
+     ["run D: override optm.peak_lr names no config field; accepted: SECTION.FIELD, SECTION one of ", "optim"]),
+    ('"optim.peak_lr": 1e6', '"seed": 3', ["run D: override seed is set by the run's seeds; accepted: RunSpec(seeds="]),
+    ('"optim.peak_lr": 1e6', '"model.preset": "SM+LN+G"', ["run D: override model.preset is set by the run's preset"]),
+    ('"optim.peak_lr": 1e6', '"train.num_steps": 0', ["train.num_steps=0 is invalid"]),  # the run config's own check
+], ids=["train", "size", "override field", "override section", "seed", "preset", "override value"])
+def test_a_field_the_config_lacks_is_refused_in_one_line_before_anything_runs(corpus, tmp_path, old, new, expected):
+    """A misspelt field of a study's train, size or a run's overrides is never added beside the field it meant
+    (which would keep its default) nor dropped: the dry run and the real one refuse it, naming the accepted ones."""
+    spec = write_spec(tmp_path, corpus)
+    assert old in spec.read_text()
+    spec.write_text(spec.read_text().replace(old, new))
+    args = ["--spec", spec, "--out", tmp_path / "results", "--workdirs", tmp_path / "runs"]
+    dry = run_script("aero-study", *args, "--dry-run")
+    assert_one_line(dry, "aero-study", 2, *expected)
+    real = run_script("aero-study", *args)
+    assert (real.returncode, real.stderr) == (dry.returncode, dry.stderr)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("old, new, error", [
+    ('OrderClaim("A before B"', 'OrderClam("A before B"', "NameError at line {line}: name 'OrderClam' is not defined"),
+    ("DATA = ", "1 / 0\nDATA = ", "ZeroDivisionError at line {line}: division by zero"),  # at the file's top level
+    ("DATA = ", "from aero_jax.study import OrderClam\nDATA = ", "ImportError at line {line}: cannot import name"),
+], ids=["in get_study", "at load", "import"])
+def test_a_spec_that_raises_is_refused_in_one_line_naming_its_file_and_line(corpus, tmp_path, old, new, error):
+    spec = write_spec(tmp_path, corpus)
+    text = spec.read_text().replace(old, new, 1)
+    spec.write_text(text)
+    line = next(number for number, content in enumerate(text.splitlines(), start=1) if new.split("\n")[0] in content)
+    result = run_script("aero-study", "--spec", spec, "--out", tmp_path / "results", "--dry-run")
+    assert_one_line(result, "aero-study", 2, f"--spec={spec} cannot be loaded ({error.format(line=line)}",
+                    "; accepted: a study file defining get_study(variant)")
+
+
 @pytest.mark.parametrize("flag", ["--out", "--workdirs"])
 def test_a_dry_run_refuses_the_folders_the_run_refuses_and_creates_nothing(corpus, tmp_path, flag):
     spec = write_spec(tmp_path, corpus)

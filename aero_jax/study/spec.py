@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from typing import Any, List, Mapping, Tuple
+import traceback
+from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from aero_jax import presets
 from aero_jax.config import ConfigError
 from aero_jax.run_config import SIZE_FIELDS, validate, with_preset
 
+RUN_OWN_FIELDS = {"model.preset": "preset", "seed": "seeds"}  # config fields a RunSpec sets itself
 PAPER_SIZE = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, vocab_size=50257, max_len=128)
 
 
@@ -79,23 +82,57 @@ def load_study(spec: str) -> Study:
     return study
 
 
-def _call_file(path: str, function: str, what: str, accepted: str):
+def _call_file(spec: str, function: str, what: str, accepted: str):
     """`function` of a file named as --config names it; a file that cannot be read or parsed, that lacks
-    `function`, or whose `function` refuses its variant, is bad input, refused in one line naming `what`."""
+    `function`, or that raises anything while it runs (its top level or `function`, e.g. a NameError or an
+    unknown variant), is bad input, refused in one line naming `what` and, where the file raised, its line."""
     from aero_jax.cli import load_config_file  # the same loader as --config
 
+    path = spec.split(":", 1)[0]
     try:
-        return load_config_file(path, function=function)
+        return load_config_file(spec, function=function)
     except ConfigError:
         raise
-    except (ValueError, TypeError) as error:  # e.g. an unknown variant, or no variant parameter
-        raise ConfigError(f"{what}: {type(error).__name__}: {error}; accepted: {accepted}") from error
-    except (OSError, SyntaxError, AttributeError) as error:
-        if isinstance(error, AttributeError) and error.name != function:
-            raise  # raised inside `function`: the file's own failure
-        reason = (f"syntax error at line {error.lineno}: {error.msg}" if isinstance(error, SyntaxError) else
-                  f"no {function}" if isinstance(error, AttributeError) else error.strerror or type(error).__name__)
-        raise ConfigError(f"{what} cannot be loaded ({reason}); accepted: {accepted}") from error
+    except Exception as error:  # noqa: BLE001 - a study or config file may raise anything
+        raise ConfigError(f"{what} cannot be loaded ({_load_failure(error, path, function)}); accepted: "
+                          f"{accepted}") from error
+
+
+def _load_failure(error: Exception, path: str, function: str) -> str:
+    """What went wrong loading the file `path`, in words, with the line of `path` it happened at where it did."""
+    line = _line_in(error, path)
+    if isinstance(error, SyntaxError):
+        where = "" if _same_file(error.filename, path) else f" in {error.filename}"
+        return f"syntax error{where} at line {error.lineno}: {error.msg}"
+    if line is None and isinstance(error, AttributeError) and error.name == function:
+        return f"no {function}"
+    if line is None and isinstance(error, OSError):  # the file itself cannot be read
+        return error.strerror or type(error).__name__
+    at = f" at line {line}" if line is not None else ""
+    message = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}{at}: {message}"
+
+
+def _line_in(error: BaseException, path: str) -> Optional[int]:
+    """The line of `path` the error was raised through, innermost first; None when the file did not run it."""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if _same_file(frame.filename, path)]
+    return lines[-1] if lines else None
+
+
+def _same_file(a: Optional[str], b: str) -> bool:
+    return a is not None and os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_unknown(where: str, prefix: str, given: Iterable[str], accepted: Iterable[str], what: str) -> None:
+    """Refuse the first of `given` outside `accepted`, naming it, the nearest accepted name and every one."""
+    accepted = list(accepted)
+    unknown = [name for name in given if name not in accepted]
+    if not unknown:
+        return
+    guess = difflib.get_close_matches(str(unknown[0]), accepted, n=1)
+    hint = f" (did you mean {prefix}{guess[0]}?)" if guess else ""
+    raise ConfigError(f"{where} {prefix}{unknown[0]} names no {what}{hint}; accepted: "
+                      f"{', '.join(prefix + name for name in accepted)}")
 
 
 def check_study(study: Study) -> None:
@@ -109,6 +146,7 @@ def check_study(study: Study) -> None:
         if not run.seeds or run.steps < 0:
             raise ConfigError(f"run {run.name}: seeds={run.seeds}, steps={run.steps} are invalid; accepted: at "
                               f"least one seed, steps >= 0")
+    _refuse_unknown(f"study {study.name}:", "size.", study.size, SIZE_FIELDS, "size field")
     missing = [f for f in SIZE_FIELDS if f not in study.size]
     if missing:
         raise ConfigError(f"study {study.name} size lacks {', '.join(missing)}; accepted: every one of "
@@ -116,6 +154,9 @@ def check_study(study: Study) -> None:
     if study.headline and (len(study.headline) != 2 or not set(study.headline) <= set(names)):
         raise ConfigError(f"study {study.name}: headline={study.headline} is invalid; accepted: (baseline run, run) "
                           f"among {', '.join(names)}")
+    for run in study.runs:  # every run's config, before anything trains: a bad field of the fifth run stops none
+        for seed in run.seeds:
+            run_config(study, run, seed)
     for claim in study.claims:
         unknown = [n for n in claim.runs() if n not in names]
         if unknown:
@@ -124,21 +165,32 @@ def check_study(study: Study) -> None:
 
 
 def run_config(study: Study, run: RunSpec, seed: int):
-    """The run config of one run and seed: the study's config file, size and train section, then the overrides."""
+    """The run config of one run and seed: the study's config file, size and train section, then the overrides.
+
+    Every field they name must be one of the config file's: a misspelt one is refused, never added beside the
+    field it meant (which would keep its default) nor dropped."""
     from aero_jax.cli import load_config_file
 
     config = load_config_file(study.config)
+    _refuse_unknown(f"study {study.name}:", "size.", study.size, SIZE_FIELDS, "size field")
+    _refuse_unknown(f"study {study.name}:", "train.", study.train, config.train, "config field")
     # The preset at the study's size, keeping what the config file chose beyond its own preset (e.g. dtype).
     config.model = with_preset({**dict(config.model), **study.size}, run.preset, file_section=config.model)
     config.seed = seed
     config.train.update(dict(study.train))
     if run.steps:
         config.train.num_steps = run.steps
+    sections = [name for name, value in config.items() if hasattr(value, "keys")]
     for path, value in run.overrides.items():
-        section, _, field = path.partition(".")
-        if section not in config or field not in config[section]:
-            raise ConfigError(f"run {run.name}: override {path} names no config field; accepted: SECTION.FIELD of "
-                              f"{study.config}")
+        section, _, field = str(path).partition(".")
+        if path in RUN_OWN_FIELDS:
+            own = RUN_OWN_FIELDS[path]
+            raise ConfigError(f"run {run.name}: override {path} is set by the run's {own}; accepted: "
+                              f"RunSpec({own}=...) instead of the override")
+        if section not in sections or not field:
+            raise ConfigError(f"run {run.name}: override {path} names no config field; accepted: SECTION.FIELD, "
+                              f"SECTION one of {', '.join(sections)}")
+        _refuse_unknown(f"run {run.name}: override", f"{section}.", [field], config[section], "config field")
         config[section][field] = value
     validate(config)
     return config
