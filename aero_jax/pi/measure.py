@@ -253,12 +253,12 @@ def measure(workdir: str, *, step: Optional[int] = None, seq_len: Optional[int] 
             layers: Optional[int] = None, protocol: str = "cheetah", memory_gb: Optional[float] = None,
             progress=None) -> dict:
     """The measured private forward of a run (see the module docstring)."""
-    from aero_jax.evaluate import restore_step
+    from aero_jax.evaluate import restore_run
     from aero_jax.run_config import architecture_label, model_config_from
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol={protocol} is invalid; accepted: {', '.join(PROTOCOLS)}")
-    run = restore_step(workdir, step)
+    run = restore_run(workdir, step)
     c = model_config_from(run.config.model)
     seq_len = c.max_len if seq_len is None else seq_len
     layers = c.num_layers if layers is None else layers
