@@ -34,10 +34,17 @@ def other_step_hint(steps: Sequence[int], step: int) -> str:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config.json; one clear error when there is none, or when this user may not read it."""
     path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise ConfigError(f"workdir {workdir} has no {CONFIG_FILE}; accepted: a run directory written by aero-train")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise ConfigError(f"workdir {workdir} has no {CONFIG_FILE}; accepted: a run directory written by "
+                          f"aero-train") from error
+    except OSError as error:  # a run this user may not read (mode 000), a folder named config.json
+        raise ConfigError(f"workdir {workdir} cannot be read ({error.strerror or type(error).__name__}: "
+                          f"{error.filename or path}); accepted: a run directory this user can read") from error
+    return ml_collections.ConfigDict(json.loads(text))
 
 
 def _restore_target(workdir: str):

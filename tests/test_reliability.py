@@ -290,6 +290,9 @@ def test_readers_fail_in_one_line(tmp_path):
     for script in ("aero-eval", "aero-report", "aero-ln-substitute"):
         args = [tmp_path] if script == "aero-report" else [f"--workdir={tmp_path}"]
         assert_one_line(run_script(script, *args), script, 2, "no config.json")
+    (tmp_path / "config.json").mkdir()
+    assert_one_line(run_script("aero-eval", f"--workdir={tmp_path}"), "aero-eval", 2,
+                    f"workdir {tmp_path} cannot be read (Is a directory: {tmp_path / 'config.json'})")
 
 
 # -- 7. validation of every number -----------------------------------------------------------------
@@ -613,6 +616,18 @@ def test_every_reader_skips_a_half_deleted_newest_checkpoint_in_one_line(finishe
         asked, _ = _reader_commands(run, tmp_path / "asked")[script]
         assert_one_line(run_script(script, *asked, "--step", 8, env=_NO_SPU), script, 2,
                         f"checkpoint 8 in {run / 'checkpoints'} is unreadable (", "accepted: a readable step: 4")
+
+
+@pytest.mark.slow
+def test_every_reader_says_a_run_it_may_not_read_cannot_be_read(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    run.chmod(0)
+    try:
+        for script, (args, _) in _reader_commands(run, tmp_path).items():
+            assert_one_line(run_script(script, *args, env=_NO_SPU, **_as_a_reader()), script, 2,
+                            f"workdir {run} cannot be read (Permission denied: {run / 'config.json'})")
+    finally:
+        run.chmod(0o755)
 
 
 def test_an_export_carries_its_own_step_and_mode_and_cleans_what_killed_exports_left(finished, tmp_path):
