@@ -273,6 +273,16 @@ def test_bad_overrides_fail_in_one_line(tmp_path, args, status, expected):
                     expected)
 
 
+@pytest.mark.parametrize("script, expected", [("aero-train", ["--config:", "--workdir:", "--config.FIELD=VALUE"]),
+                                              ("aero-eval", ["--workdir:", "--[no]verbose:"])])
+def test_help_prints_the_usage_and_the_flags(script, expected):
+    result = run_script(script, "--help")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith(f"usage: {script} --") and "helpfull" not in result.stdout
+    for text in expected:
+        assert text in result.stdout, result.stdout
+
+
 def test_bad_config_files_and_workdirs_fail_in_one_line(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
