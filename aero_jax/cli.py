@@ -199,6 +199,19 @@ def last_checkpoint_note(workdir: str) -> str:
     return f"; last good checkpoint: step {steps[-1]} in {folder}; rerun the same command to resume from it"
 
 
+def check_before_writing(config) -> None:
+    """Refuse what the config alone makes a run refuse (a value, the tokenizer's vocabulary, the mesh on these
+    devices) before the workdir or its log is touched: a refused run creates and changes nothing."""
+    # lazy, as the commands' other imports: a flag error is answered before the trainer's libraries load
+    from aero_jax.run_config import model_config_from, validate
+    from aero_jax.sharding import make_mesh
+    from aero_jax.trainer import checked_tokenizer
+
+    validate(config)
+    checked_tokenizer(config, model_config_from(config.model))
+    make_mesh(config.mesh)
+
+
 def _train_main(argv):
     del argv
     from aero_jax.trainer import train
@@ -209,8 +222,9 @@ def _train_main(argv):
     def body():
         _quiet_libraries()
         config = resolved_config(FLAGS["config"])
-        make_workdir(workdir)
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        check_before_writing(config)
+        make_workdir(workdir)
         log["path"] = train_log_path(workdir)
         append_text(log["path"], f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
         _quiet_libraries(log["path"])

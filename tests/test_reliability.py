@@ -267,10 +267,21 @@ def test_failures_are_classified_by_kind():
     (["--config.recovery.max_recoveries=-1"], 2, "recovery.max_recoveries=-1 is invalid"),
     (["--config.train.num_steps=abc"], 2, "--config.train.num_steps=abc"),
     (["--config.model.remat=all"], 2, "remat='all' is invalid; accepted: none, block, dots"),
+    (["--config.model.vocab_size=100"], 2, "vocab_size=100 does not match the byte tokenizer's 257"),
+    (["--config.mesh.fsdp=0"], 2, "is invalid; accepted: positive sizes"),
 ])
 def test_bad_overrides_fail_in_one_line(tmp_path, args, status, expected):
     assert_one_line(run_script("aero-train", SMOKE, f"--workdir={tmp_path / 'run'}", *args), "aero-train", status,
                     expected)
+    assert not (tmp_path / "run").exists()  # refused before anything is created
+
+
+def test_a_refused_run_changes_nothing_in_an_existing_run(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    before = _snapshot(run)
+    assert_one_line(run_script("aero-train", SMOKE, f"--workdir={run}", "--config.optim.peak_lr=0"), "aero-train", 2,
+                    "optim.peak_lr=0.0 is invalid")
+    assert _snapshot(run) == before
 
 
 @pytest.mark.parametrize("script, expected", [("aero-train", ["--config:", "--workdir:", "--config.FIELD=VALUE"]),
