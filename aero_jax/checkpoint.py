@@ -3,9 +3,10 @@
 Each save records a fingerprint of every leaf of the state (computed on the device, see
 `fingerprints`; `fingerprint=False` skips it) in the checkpoint's JSON metadata; a restore
 recomputes it and refuses a checkpoint whose bytes changed, or whose parameters are not finite. A trainer moves a bad
-checkpoint aside (`<step>.unreadable`) and uses the previous one; a reader (read_only=True)
-never changes the directory: it skips the bad checkpoint with a warning. Listing and reading
-tolerate a training run that deletes old checkpoints meanwhile (see evaluate.restore_step).
+checkpoint aside (`<step>.unreadable`) and uses the previous one (`restore_latest`); every reader
+chooses its checkpoint with `read`, which never changes the directory: it skips a bad newest
+checkpoint, saying so in one line, and refuses a bad step asked for, naming the readable ones.
+Listing and reading tolerate a training run that deletes old checkpoints meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +26,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from aero_jax.errors import RunFailed, no_space
+from aero_jax.errors import ConfigError, RunFailed, no_space
 from aero_jax.run_log import console
 
 CHECKSUMS = "checksums"
 DELETION_WAIT_S = 2.0  # how long a failed read waits to tell a checkpoint being deleted from a damaged one
 READ_PATIENCE_S = 60.0  # how long a reader goes on after a training run deleted what it read, before it gives up
+REASON_CHARS = 200  # the longest reason a message quotes for an unreadable checkpoint
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -92,31 +94,73 @@ class Checkpointer:
         return restored.state, meta
 
     def restore_latest(self, like: Any) -> Optional[Tuple[int, Any, dict]]:
-        """The newest checkpoint that restores and verifies; a bad one is reported and skipped.
-
-        A trainer moves it to `<step>.unreadable`, keeping its files for inspection and letting
-        the resumed run save that step again; a read-only Checkpointer leaves it where it is, and when
-        a training run deletes the checkpoint it reads, it lists the steps again and reads the newest.
-        """
-        tried, patience = set(), time.monotonic() + READ_PATIENCE_S
-        while True:
-            left = [step for step in self.steps(reload=self.read_only) if step not in tried]
-            if not left:
-                return None
-            step = left[-1]
-            tried.add(step)
+        """A trainer's resume: the newest checkpoint that restores and verifies; a bad one is reported and moved to
+        `<step>.unreadable`, keeping its files for inspection and letting the resumed run save that step again."""
+        for step in reversed(self.steps()):
             try:
                 state, meta = self.restore(step, like)
             except Exception as error:  # orbax raises many types for unreadable files
-                if self.read_only and time.monotonic() < patience and self.deleted_while_read(step, newest_asked=True):
-                    continue
-                what = f"checkpoint at step {step} is unreadable ({type(error).__name__}: {short_reason(error)})"
-                if self.read_only:
-                    console(f"{what}; skipped it, trying the previous one")
-                else:
-                    console(f"{what}; moved to {self._move_aside(step)}; trying the previous one")
+                console(f"checkpoint at step {step} is unreadable ({why_unreadable(error)}); moved to "
+                        f"{self._move_aside(step)}; trying the previous one")
                 continue
             return step, state, meta
+        return None
+
+    def read(self, like: Any, step: Optional[int] = None) -> Tuple[int, Any, Tuple[int, ...]]:
+        """(step, state, the steps listed) of checkpoint `step`, or (None) of the newest one that reads: how every
+        reader chooses its checkpoint; the directory is never changed.
+
+        Newer unreadable checkpoints (damaged, or half deleted) are skipped and named in one line on stderr; a step
+        asked for is that step or one ConfigError naming the readable ones. A checkpoint that a training run deletes
+        while it is read (it keeps only the newest few) is no damage: the steps are listed again, for up to
+        READ_PATIENCE_S.
+        """
+        unreadable: Dict[int, str] = {}  # step: why it does not read
+        patience = time.monotonic() + READ_PATIENCE_S
+        while time.monotonic() < patience:
+            steps = self.steps(reload=True)
+            chosen = self._next_to_read(steps, step, unreadable, like)
+            try:
+                state, _ = self.restore(chosen, like)
+            except Exception as error:  # orbax raises many types for unreadable files; verify raises CorruptCheckpoint
+                if not self.deleted_while_read(chosen, newest_asked=step is None and chosen == steps[-1]):
+                    unreadable[chosen] = why_unreadable(error)
+                continue
+            if unreadable:
+                console(skipped_note(unreadable, chosen))
+            return chosen, state, tuple(steps)
+        raise RunFailed(f"the checkpoints in {self.directory} were deleted faster than they could be read for "
+                        f"{READ_PATIENCE_S:.0f} s; rerun, or train with more train.keep_checkpoints")
+
+    def _next_to_read(self, steps: List[int], step: Optional[int], unreadable: Dict[int, str], like: Any) -> int:
+        """The step `read` tries next: `step` itself, or the newest not found unreadable; a ConfigError when none
+        is left."""
+        if not steps:
+            raise ConfigError(f"{self.directory} has no checkpoint; accepted: a run directory with at least one saved "
+                              f"step")
+        if step is not None and step not in steps:
+            raise ConfigError(f"step {step} has no checkpoint in {self.directory}; accepted: "
+                              f"{', '.join(map(str, steps))}")
+        if step in unreadable:
+            readable = [s for s in steps if s != step and self._reads(s, like)]
+            accepted = f"a readable step: {', '.join(map(str, readable))}" if readable else \
+                "a readable step (this run has none)"
+            raise ConfigError(f"checkpoint {step} in {self.directory} is unreadable ({unreadable[step]}); "
+                              f"accepted: {accepted}")
+        left = [s for s in steps if s not in unreadable]
+        if step is None and not left:
+            raise ConfigError(f"no checkpoint in {self.directory} is readable (steps {', '.join(map(str, steps))}; "
+                              f"step {steps[-1]}: {unreadable[steps[-1]]}); accepted: a run directory with a "
+                              f"readable checkpoint")
+        return left[-1] if step is None else step
+
+    def _reads(self, step: int, like: Any) -> bool:
+        """Whether checkpoint `step` restores and verifies (it is read whole: for error messages only)."""
+        try:
+            self.restore(step, like)
+        except Exception:  # noqa: BLE001 - orbax raises many types for unreadable files
+            return False
+        return True
 
     def _move_aside(self, step: int) -> epath.Path:
         target = self.directory / f"{step}.unreadable"
@@ -200,10 +244,28 @@ def _while_steps_vanish(list_steps: Callable[[], Any], attempts: int = 10) -> An
 
 
 def short_reason(error: BaseException) -> str:
-    """The first line of an error's message, cut before any object repr (they say nothing to a user)."""
+    """The first line of an error's message, at most REASON_CHARS long, cut before any object repr and without
+    TensorStore's specs (a thousand characters of JSON each) or driver chain: they say nothing to a user."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     line = re.split(r"\s*(?:details: )?<(?:bound method |function |\S+ object at 0x)", lines[0])[0] if lines else ""
-    return line.rstrip(" :;,(") or "no message"
+    line = re.sub(r"\s*\[tensorstore_spec(?:\[\d+\])?='.*?'\]", "", line)
+    line = re.sub(r'Error opening "\w+" driver: |\.?\s*See full TensorStore.*$', "", line).rstrip(" :;,(")
+    return (line if len(line) <= REASON_CHARS else line[:REASON_CHARS - 3].rstrip() + "...") or "no message"
+
+
+def why_unreadable(error: BaseException) -> str:
+    """'Type: reason' of a failed restore, for the line that reports it."""
+    return f"{type(error).__name__}: {short_reason(error)}"
+
+
+def skipped_note(unreadable: Dict[int, str], used: int) -> str:
+    """The one line a reader prints when it read step `used` past newer checkpoints that do not read."""
+    newest = max(unreadable)
+    if len(unreadable) == 1:
+        return f"checkpoint at step {newest} is unreadable ({unreadable[newest]}); skipped it, read step {used}"
+    listed = ", ".join(map(str, sorted(unreadable, reverse=True)))
+    return (f"checkpoints at steps {listed} are unreadable (step {newest}: {unreadable[newest]}); skipped them, "
+            f"read step {used}")
 
 
 # -- fingerprints ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import time
 from typing import Callable, List, Optional
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -31,6 +32,7 @@ from aero_jax.errors import BAD_INPUT, append_text, run_command
 
 FLAGS = flags.FLAGS
 LOG_FOLDER = "logs"
+HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort")  # absl's own --help shows no flag of these commands
 
 
 def _define_config_flag():
@@ -55,9 +57,13 @@ def _define_verbose():
 # -- flags in one line -------------------------------------------------------------------------
 
 def parse_flags(prog: str) -> Callable[[List[str]], List[str]]:
-    """An absl flags parser that answers bad flags and config files in one line (exit 2)."""
+    """An absl flags parser that answers --help with the command's usage and flags (exit 0), and bad flags and
+    config files in one line (exit 2)."""
 
     def parse(argv: List[str]) -> List[str]:
+        if any(arg in HELP_FLAGS for arg in argv[1:]):
+            print(command_help(prog), flush=True)
+            sys.exit(0)
         try:
             remaining = FLAGS(argv)
             if "config" in FLAGS and FLAGS["config"].value is not None:
@@ -69,6 +75,22 @@ def parse_flags(prog: str) -> Callable[[List[str]], List[str]]:
         sys.exit(BAD_INPUT)
 
     return parse
+
+
+def command_help(prog: str) -> str:
+    """What `prog --help` prints: its usage line of this module's docstring, its flags and, when it reads a config
+    file, how a flag sets one field of it."""
+    usage = next(line.strip() for line in __doc__.splitlines() if line.strip().startswith(f"{prog} "))
+    own_flags = FLAGS.module_help(sys.modules[__name__]).strip().split("\n", 1)[1]  # without the module's name
+    lines = [f"usage: {usage}", "", "flags:", own_flags]
+    if "config" in FLAGS:
+        from aero_jax.run_config import base_config  # lazy, as the commands' other imports: it loads the data package
+
+        fields = ", ".join(f"{name}.*" if isinstance(value, ml_collections.ConfigDict) else name
+                           for name, value in base_config().items())
+        lines.append(f"  --config.FIELD=VALUE: sets one field of the config file, e.g. --config.train.num_steps=200;\n"
+                     f"    fields: {fields} (docs/training.md)")
+    return "\n".join(lines)
 
 
 def describe_flag_error(error: Exception, argv: List[str]) -> str:
@@ -177,6 +199,19 @@ def last_checkpoint_note(workdir: str) -> str:
     return f"; last good checkpoint: step {steps[-1]} in {folder}; rerun the same command to resume from it"
 
 
+def check_before_writing(config) -> None:
+    """Refuse what the config alone makes a run refuse (a value, the tokenizer's vocabulary, the mesh on these
+    devices) before the workdir or its log is touched: a refused run creates and changes nothing."""
+    # lazy, as the commands' other imports: a flag error is answered before the trainer's libraries load
+    from aero_jax.run_config import model_config_from, validate
+    from aero_jax.sharding import make_mesh
+    from aero_jax.trainer import checked_tokenizer
+
+    validate(config)
+    checked_tokenizer(config, model_config_from(config.model))
+    make_mesh(config.mesh)
+
+
 def _train_main(argv):
     del argv
     from aero_jax.trainer import train
@@ -187,8 +222,9 @@ def _train_main(argv):
     def body():
         _quiet_libraries()
         config = resolved_config(FLAGS["config"])
-        make_workdir(workdir)
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        check_before_writing(config)
+        make_workdir(workdir)
         log["path"] = train_log_path(workdir)
         append_text(log["path"], f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
         _quiet_libraries(log["path"])

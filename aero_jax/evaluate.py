@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -11,10 +10,9 @@ import ml_collections
 from etils import epath
 
 from aero_jax import data
-from aero_jax.checkpoint import READ_PATIENCE_S, Checkpointer, short_reason
+from aero_jax.checkpoint import Checkpointer
 from aero_jax.config import ConfigError
 from aero_jax.entropy import entropy_range_shares
-from aero_jax.errors import RunFailed
 from aero_jax.model import AeroLM
 from aero_jax.run_config import architecture_label
 from aero_jax.train_step import TrainState, create_train_state
@@ -36,10 +34,17 @@ def other_step_hint(steps: Sequence[int], step: int) -> str:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config.json; one clear error when there is none, or when this user may not read it."""
     path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise ConfigError(f"workdir {workdir} has no {CONFIG_FILE}; accepted: a run directory written by aero-train")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise ConfigError(f"workdir {workdir} has no {CONFIG_FILE}; accepted: a run directory written by "
+                          f"aero-train") from error
+    except OSError as error:  # a run this user may not read (mode 000), a folder named config.json
+        raise ConfigError(f"workdir {workdir} cannot be read ({error.strerror or type(error).__name__}: "
+                          f"{error.filename or path}); accepted: a run directory this user can read") from error
+    return ml_collections.ConfigDict(json.loads(text))
 
 
 def _restore_target(workdir: str):
@@ -50,42 +55,13 @@ def _restore_target(workdir: str):
     return config, model, like, Checkpointer(str(epath.Path(workdir) / "checkpoints"), read_only=True)
 
 
-def restore_run(workdir: str) -> RestoredRun:
-    """The run's config and model, and the state of its newest readable checkpoint."""
+def restore_run(workdir: str, step: Optional[int] = None) -> RestoredRun:
+    """The run's config and model, and its state at checkpoint `step` or (None) at its newest readable one: how every
+    reader reads a run (Checkpointer.read: an unreadable newest checkpoint is skipped in one line, an unreadable
+    step asked for is refused naming the readable ones)."""
     config, model, like, checkpointer = _restore_target(workdir)
-    restored = checkpointer.restore_latest(like)
-    if restored is None:
-        raise ConfigError(f"workdir {workdir} has no readable checkpoint in {workdir}/checkpoints; accepted: a run "
-                          f"directory with at least one saved step")
-    step, state, _ = restored
-    return RestoredRun(config, model, step, jax.device_get(state), tuple(checkpointer.steps()))
-
-
-def restore_step(workdir: str, step: Optional[int] = None) -> RestoredRun:
-    """The run at exactly one saved step (None: the newest); a missing or damaged step is one clear error, never a
-    silent fall-back to another. A running trainer may delete the step being read (it keeps only the newest few):
-    then the newest step is read instead, or, for a step asked for, the steps that exist are named."""
-    config, model, like, checkpointer = _restore_target(workdir)
-    patience = time.monotonic() + READ_PATIENCE_S
-    while time.monotonic() < patience:
-        steps = checkpointer.steps(reload=True)
-        if not steps:
-            raise ConfigError(f"workdir {workdir} has no checkpoint in {workdir}/checkpoints; accepted: a run "
-                              f"directory with at least one saved step")
-        chosen = steps[-1] if step is None else step
-        if chosen not in steps:
-            raise ConfigError(f"step {chosen} has no checkpoint in {workdir}; accepted: {', '.join(map(str, steps))}")
-        try:
-            state, _ = checkpointer.restore(chosen, like)
-        except Exception as error:  # orbax raises many types for unreadable files; verify raises CorruptCheckpoint
-            if checkpointer.deleted_while_read(chosen, newest_asked=step is None):
-                continue
-            raise ConfigError(f"checkpoint {chosen} of {workdir} is unusable ({type(error).__name__}: "
-                              f"{short_reason(error)}); accepted: a checkpoint that verifies"
-                              f"{other_step_hint(steps, chosen)}") from error
-        return RestoredRun(config, model, chosen, jax.device_get(state), tuple(steps))
-    raise RunFailed(f"the checkpoints of {workdir} were deleted faster than they could be read for "
-                    f"{READ_PATIENCE_S:.0f} s; rerun, or train with more train.keep_checkpoints")
+    chosen, state, steps = checkpointer.read(like, step)
+    return RestoredRun(config, model, chosen, jax.device_get(state), steps)
 
 
 def saved_params(workdir: str) -> List[Tuple[int, dict]]:

@@ -209,12 +209,12 @@ def until_stop(tokens_N: np.ndarray, eot_id: Optional[int]) -> np.ndarray:
 
 def _run(args) -> None:
     from aero_jax import data
-    from aero_jax.evaluate import restore_step
+    from aero_jax.evaluate import restore_run
 
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     check_sampling(sampling)  # before the checkpoint is read: a typo fails at once
     _check_counts(args)
-    run = restore_step(args.workdir, args.step)
+    run = restore_run(args.workdir, args.step)
     tokenizer = data.make_tokenizer(run.config.data.tokenizer, run.config.data.tokenizer_path or None)
     prompts = [tokenizer.encode(text) for text in args.prompt]
     max_len, longest = run.model.config.max_len, max(len(p) for p in prompts)

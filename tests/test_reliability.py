@@ -29,7 +29,7 @@ from aero_jax.config import ConfigError
 from aero_jax.data import cache
 from aero_jax.data.stdlib import prepare_stdlib
 from aero_jax.errors import classify
-from aero_jax.evaluate import restore_run, restore_step
+from aero_jax.evaluate import restore_run
 from aero_jax import export as export_module
 from aero_jax.export import to_pytorch
 from aero_jax.run_config import architecture_label, base_config, model_section, validate
@@ -158,6 +158,13 @@ def _truncate(path: pathlib.Path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
 
+def _half_delete(step_dir: pathlib.Path):
+    """The arrays' data files gone, the metadata left: as `rm -r`, or the trainer deleting an old checkpoint, leaves
+    a checkpoint midway."""
+    for data in list(step_dir.rglob("d")):
+        shutil.rmtree(data)
+
+
 def _remove_metadata(step_dir: pathlib.Path):
     for path in step_dir.rglob("*"):
         if path.is_file() and "meta" in path.relative_to(step_dir).parts[0]:
@@ -221,6 +228,11 @@ def test_unreadable_reasons_carry_no_object_reprs():
 
     assert short_reason(ValueError(f"cannot use {Opaque().read} here\nmore")) == "cannot use"
     assert short_reason(ValueError(f"spec details: {Opaque()}")) == "spec"
+    tensorstore = ('NOT_FOUND: Error opening "cast" driver: Error opening "zarr" driver: Error reading "step/.zarray" '
+                   'in OCDBT database [tensorstore_spec=\'{"driver":"zarr","x":[1]}\'] '
+                   '[tensorstore_spec[1]=\'{"driver":"cast"}\']')
+    assert short_reason(ValueError(tensorstore)) == 'NOT_FOUND: Error reading "step/.zarray" in OCDBT database'
+    assert len(short_reason(ValueError("x" * 5000))) == 200
 
 
 # -- 6. failed writes leave nothing behind ---------------------------------------------------------
@@ -255,10 +267,31 @@ def test_failures_are_classified_by_kind():
     (["--config.recovery.max_recoveries=-1"], 2, "recovery.max_recoveries=-1 is invalid"),
     (["--config.train.num_steps=abc"], 2, "--config.train.num_steps=abc"),
     (["--config.model.remat=all"], 2, "remat='all' is invalid; accepted: none, block, dots"),
+    (["--config.model.vocab_size=100"], 2, "vocab_size=100 does not match the byte tokenizer's 257"),
+    (["--config.mesh.fsdp=0"], 2, "is invalid; accepted: positive sizes"),
 ])
 def test_bad_overrides_fail_in_one_line(tmp_path, args, status, expected):
     assert_one_line(run_script("aero-train", SMOKE, f"--workdir={tmp_path / 'run'}", *args), "aero-train", status,
                     expected)
+    assert not (tmp_path / "run").exists()  # refused before anything is created
+
+
+def test_a_refused_run_changes_nothing_in_an_existing_run(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    before = _snapshot(run)
+    assert_one_line(run_script("aero-train", SMOKE, f"--workdir={run}", "--config.optim.peak_lr=0"), "aero-train", 2,
+                    "optim.peak_lr=0.0 is invalid")
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("script, expected", [("aero-train", ["--config:", "--workdir:", "--config.FIELD=VALUE"]),
+                                              ("aero-eval", ["--workdir:", "--[no]verbose:"])])
+def test_help_prints_the_usage_and_the_flags(script, expected):
+    result = run_script(script, "--help")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith(f"usage: {script} --") and "helpfull" not in result.stdout
+    for text in expected:
+        assert text in result.stdout, result.stdout
 
 
 def test_bad_config_files_and_workdirs_fail_in_one_line(tmp_path):
@@ -278,6 +311,9 @@ def test_readers_fail_in_one_line(tmp_path):
     for script in ("aero-eval", "aero-report", "aero-ln-substitute"):
         args = [tmp_path] if script == "aero-report" else [f"--workdir={tmp_path}"]
         assert_one_line(run_script(script, *args), script, 2, "no config.json")
+    (tmp_path / "config.json").mkdir()
+    assert_one_line(run_script("aero-eval", f"--workdir={tmp_path}"), "aero-eval", 2,
+                    f"workdir {tmp_path} cannot be read (Is a directory: {tmp_path / 'config.json'})")
 
 
 # -- 7. validation of every number -----------------------------------------------------------------
@@ -539,12 +575,11 @@ def _trainer_replaces_8_by_12_while_it_is_read(monkeypatch, run):
     monkeypatch.setattr(Checkpointer, "restore", restore)
 
 
-@pytest.mark.parametrize("read", [restore_step, restore_run])  # aero-sample and aero-export; aero-eval and reports
 def test_a_checkpoint_the_trainer_deletes_while_it_is_read_gives_way_to_the_newest(finished, tmp_path, monkeypatch,
-                                                                                    capfd, read):
+                                                                                    capfd):
     run = _copy(finished, tmp_path)
     _trainer_replaces_8_by_12_while_it_is_read(monkeypatch, run)
-    assert read(str(run)).step == 12
+    assert restore_run(str(run)).step == 12
     assert capfd.readouterr().err == ""  # a deletion is not damage: nothing to report
 
 
@@ -552,17 +587,68 @@ def test_a_step_asked_for_and_deleted_while_it_is_read_is_refused_naming_the_ste
     run = _copy(finished, tmp_path)
     _trainer_replaces_8_by_12_while_it_is_read(monkeypatch, run)
     with pytest.raises(ConfigError, match="step 8 has no checkpoint in .*; accepted: 4, 12$"):
-        restore_step(str(run), 8)  # a step asked for is that step or a refusal, never another
+        restore_run(str(run), 8)  # a step asked for is that step or a refusal, never another
 
 
-def test_a_damaged_step_names_a_real_step_to_try(finished, tmp_path):
+@pytest.mark.parametrize("damage", [lambda step_dir: _flip_a_byte(_largest_data_file(step_dir)), _half_delete],
+                         ids=["flipped bytes", "half deleted"])
+def test_a_damaged_newest_checkpoint_is_skipped_in_one_line_and_refused_when_asked_for(finished, tmp_path, capfd,
+                                                                                         damage):
     run = _copy(finished, tmp_path)
-    _flip_a_byte(_largest_data_file(run / "checkpoints" / "8"))
-    with pytest.raises(ConfigError, match=r"checkpoint 8 of .* is unusable .*e\.g\. --step 4$"):
-        restore_step(str(run), 8)
-    shutil.rmtree(run / "checkpoints" / "4")
-    with pytest.raises(ConfigError, match=r"accepted: a checkpoint that verifies \(this run has no other\)$"):
-        restore_step(str(run))
+    damage(run / "checkpoints" / "8")
+    assert restore_run(str(run)).step == 4
+    note = capfd.readouterr().err.splitlines()
+    assert len(note) == 1 and len(note[0]) < 400, note
+    assert note[0].startswith("checkpoint at step 8 is unreadable (") and note[0].endswith("; skipped it, read step 4")
+    with pytest.raises(ConfigError, match=r"^checkpoint 8 in .* is unreadable \(.*\); accepted: a readable step: 4$"):
+        restore_run(str(run), 8)
+    damage(run / "checkpoints" / "4")
+    with pytest.raises(ConfigError, match=r"^no checkpoint in .* is readable \(steps 4, 8; step 8: ") as refused:
+        restore_run(str(run))
+    assert len(str(refused.value)) < 500 and "tensorstore_spec" not in str(refused.value)
+    with pytest.raises(ConfigError, match=r"accepted: a readable step \(this run has none\)$"):
+        restore_run(str(run), 4)
+
+
+def _reader_commands(run, out):
+    """(script, arguments, exit status when it read a checkpoint) of every command that reads one; aero-pi-measure's
+    SPU environment is a stand-in that fails, after the checkpoint is read."""
+    return {"aero-eval": ([f"--workdir={run}"], 0), "aero-report": ([run, f"--out={out / 'report'}"], 0),
+            "aero-sample": (["--workdir", run, "--prompt", "def", "--max-new-tokens", "2"], 0),
+            "aero-export": (["--workdir", run, "--out", out / "export"], 0),
+            "aero-pi-measure": (["--workdir", run], 1)}
+
+
+_NO_SPU = {**os.environ, "AERO_PI_PYTHON": shutil.which("false")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["aero-eval", "aero-report", "aero-sample", "aero-export", "aero-pi-measure"])
+def test_every_reader_skips_a_half_deleted_newest_checkpoint_in_one_line(finished, tmp_path, script):
+    run = _copy(finished, tmp_path)
+    _half_delete(run / "checkpoints" / "8")
+    args, status = _reader_commands(run, tmp_path)[script]
+    result = run_script(script, *args, env=_NO_SPU)
+    note = result.stderr.splitlines()[0]
+    assert result.returncode == status, result.stderr[-3000:]
+    assert note.startswith("checkpoint at step 8 is unreadable (") and note.endswith("; skipped it, read step 4")
+    assert len(note) < 400 and len(result.stderr.splitlines()) == (1 if status == 0 else 2), result.stderr[-3000:]
+    if script in ("aero-sample", "aero-export", "aero-pi-measure"):
+        asked, _ = _reader_commands(run, tmp_path / "asked")[script]
+        assert_one_line(run_script(script, *asked, "--step", 8, env=_NO_SPU), script, 2,
+                        f"checkpoint 8 in {run / 'checkpoints'} is unreadable (", "accepted: a readable step: 4")
+
+
+@pytest.mark.slow
+def test_every_reader_says_a_run_it_may_not_read_cannot_be_read(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    run.chmod(0)
+    try:
+        for script, (args, _) in _reader_commands(run, tmp_path).items():
+            assert_one_line(run_script(script, *args, env=_NO_SPU, **_as_a_reader()), script, 2,
+                            f"workdir {run} cannot be read (Permission denied: {run / 'config.json'})")
+    finally:
+        run.chmod(0o755)
 
 
 def test_an_export_carries_its_own_step_and_mode_and_cleans_what_killed_exports_left(finished, tmp_path):

@@ -68,7 +68,7 @@ def test_a_workdir_without_metrics_or_checkpoint_is_refused(two_runs, tmp_path):
     with pytest.raises(ConfigError, match="has no metrics.jsonl"):
         reports.load_run(str(empty))
     (empty / "metrics.jsonl").write_text(json.dumps({"step": 1, "kind": "train", "loss": 1.0}) + "\n")
-    with pytest.raises(ConfigError, match="has no readable checkpoint"):
+    with pytest.raises(ConfigError, match="has no checkpoint"):
         reports.load_run(str(empty))
 
 

@@ -212,9 +212,9 @@ def test_aero_sample_prints_continuations_that_a_seed_reproduces(trained):
 
 
 def _restored(workdir, step):
-    from aero_jax.evaluate import restore_step
+    from aero_jax.evaluate import restore_run
 
-    run = restore_step(str(workdir), step)
+    run = restore_run(str(workdir), step)
     return run.model, {"params": run.state.params, **run.state.model_state}
 
 

@@ -204,7 +204,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
                overwrite: bool = False) -> dict:
     """Export a run's checkpoint (newest, or `step`) to OUT in a layout (auto, hf, torch); returns what was written."""
     from aero_jax import data
-    from aero_jax.evaluate import other_step_hint, restore_step
+    from aero_jax.evaluate import other_step_hint, restore_run
     from aero_jax.run_config import architecture_label, model_config_from
 
     if layout not in FORMATS:
@@ -213,7 +213,7 @@ def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: st
         raise ConfigError(f"--dtype={dtype} is invalid; accepted: {', '.join(DTYPES)}")
     clean_after_dead_writers(out)
     check_replaceable(out, overwrite=overwrite, protect=workdir)  # before any work: nothing is read or written
-    run = restore_step(workdir, step)
+    run = restore_run(workdir, step)
     c = model_config_from(run.config.model)
     layout = _choose_format(layout, c)
     tokenizer = data.make_tokenizer(run.config.data.tokenizer, run.config.data.tokenizer_path or None)

@@ -33,7 +33,7 @@ from etils import epath
 
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.errors import RunFailed, argparse_main, honour_ctrl_c
-from aero_jax.evaluate import restore_step, run_data
+from aero_jax.evaluate import restore_run, run_data
 from aero_jax.export import WEIGHTS_FILE, aero_config, fold, save_tensors
 from aero_jax.pi.cost import ROUND_TRIP_MIN, load_coefficients, pi_cost, workload
 from aero_jax.run_config import architecture_label, model_config_from
@@ -259,7 +259,7 @@ def measure(workdir: str, *, step: Optional[int] = None, seq_len: Optional[int] 
     """The measured private forward of a run (see the module docstring)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol={protocol} is invalid; accepted: {', '.join(PROTOCOLS)}")
-    run = restore_step(workdir, step)
+    run = restore_run(workdir, step)
     c = model_config_from(run.config.model)
     seq_len = c.max_len if seq_len is None else seq_len
     layers = c.num_layers if layers is None else layers
