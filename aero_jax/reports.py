@@ -28,7 +28,7 @@ from aero_jax import figures
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.entropy import entropy_range_shares
 from aero_jax.errors import argparse_main
-from aero_jax.evaluate import RestoredRun, load_run_config, restore_run, restore_step
+from aero_jax.evaluate import RestoredRun, load_run_config, restore_run
 from aero_jax.model import THRESHOLDS
 from aero_jax.model import temperatures as model_temperatures
 from aero_jax.pi.cost import pi_cost
@@ -87,7 +87,7 @@ def _restore_evaluated(workdir: str, evaluated) -> RestoredRun:
         if step == newest.step:
             return newest
         try:
-            return restore_step(workdir, step)
+            return restore_run(workdir, step)
         except ConfigError:  # unreadable, or deleted by a trainer meanwhile: an older one
             continue
     return newest

@@ -368,7 +368,7 @@ def _run(args) -> None:
 
     check_memory_gb(args.memory_gb)
     out = args.out or args.workdir
-    if args.out or os.path.isdir(args.workdir):  # a missing workdir is named by restore_step
+    if args.out or os.path.isdir(args.workdir):  # a missing workdir is named by restore_run
         check_output_folder(out, flag="--out")  # before the measurement, which takes up to half an hour
     r = measure(args.workdir, step=args.step, seq_len=args.seq_len, layers=args.layers, protocol=args.protocol,
                 memory_gb=args.memory_gb, progress=progress)
