@@ -25,6 +25,22 @@ def test_step_throughput_smoke():
 
 
 @pytest.mark.slow
+def test_accelerator_smoke(tmp_path):
+    out = tmp_path / "accelerator.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accelerator.py"), "--smoke", "--steps", "2",
+                    "--minutes", "0.2", "--out", str(out)], capture_output=True, text=True, check=True, timeout=900)
+    report = json.loads(out.read_text())
+    steps = [r for r in report["steps"] if "step_ms" in r]
+    assert {(r["preset"], r["dtype"]) for r in steps} == {(p, d) for p in ("SM+LN+G", "EReg(SM(t)+ScFuFFN)")
+                                                           for d in ("bfloat16", "float16")}
+    assert all(r["tokens_per_s"] > 0 and r["xla_step_bytes"] > r["state_bytes"] > 0 for r in steps)
+    assert all(0 <= r["penalty_share_of_step"] < 1 for r in steps if r["penalty"] == "on" and "EReg" in r["preset"])
+    probes = report["probe"]["runs"]
+    assert [p["preset"] for p in probes] == ["SM", "SM+LN+G"] and all(p["steps_done"] >= 1 for p in probes)
+    assert all(len(p["nonfinite_attention_per_layer"]) == 2 for p in probes)
+
+
+@pytest.mark.slow
 def test_decode_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--tiny", "--repeats", "2"],
                          capture_output=True, text=True, check=True).stdout
