@@ -18,6 +18,7 @@ ENTROPY_RANGE_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)  # fractions of the reference 
 MAX_REFERENCES = ("observed", "log_t")
 
 
+@jax.named_scope("attention_entropy")  # names its operations in profiles (benchmarks/profile_step.py)
 def attention_entropy(probs_BxHxTxS: jnp.ndarray) -> jnp.ndarray:
     """Shannon entropy of each attention row, -sum_j a_ij log(a_ij + eps) -> [..., T].
 
@@ -68,6 +69,7 @@ def head_strengths(strength_logits_LxH: jnp.ndarray) -> jnp.ndarray:
     return num_heads * jax.nn.softmax(strength_logits_LxH, axis=-1)
 
 
+@jax.named_scope("entropy_penalty")  # names its operations in profiles (benchmarks/profile_step.py)
 def penalty(
     entropies_LxBxHxT: jnp.ndarray,
     thresholds_LxH: jnp.ndarray,

@@ -115,6 +115,7 @@ def score_dtype(compute_dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float16) if jnp.dtype(compute_dtype) == jnp.float16 else jnp.dtype(jnp.float32)
 
 
+@jax.named_scope("attention_scores")  # names its operations in profiles (benchmarks/profile_step.py)
 def tempered_scores(q_BxTxHxK: jnp.ndarray, k_BxSxHxK: jnp.ndarray, t_BxTxH: Optional[jnp.ndarray] = None
                     ) -> jnp.ndarray:
     """q k / sqrt(K), divided by each query's temperature when there is one: [B, H, T, S] in score_dtype."""
@@ -124,6 +125,13 @@ def tempered_scores(q_BxTxHxK: jnp.ndarray, k_BxSxHxK: jnp.ndarray, t_BxTxH: Opt
     if t_BxTxH is None:
         return scores_BxHxTxS
     return scores_BxHxTxS / jnp.moveaxis(t_BxTxH, -1, 1)[..., None].astype(dtype)
+
+
+@jax.named_scope("attention_softmax")  # names its operations in profiles (benchmarks/profile_step.py)
+def attention_probabilities(scores_BxHxTxS: jnp.ndarray) -> jnp.ndarray:
+    """Softmax over the keys in float32 in every precision (autocast's, under the papers' float16); masked entries
+    come out as exact zeros."""
+    return jax.nn.softmax(scores_BxHxTxS.astype(jnp.float32), axis=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -158,8 +166,7 @@ class CausalSelfAttention(nn.Module):
             scores_BxHxTxS = tempered_scores(q_BxTxHxK, k_BxSxHxK)
         mask_BxTxS = visible(positions.queries_BxT, positions.keys_BxS)
         scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(scores_BxHxTxS.dtype).min)
-        # float32 softmax in every precision (autocast's, under the papers' float16); masked entries are exact zeros
-        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS.astype(jnp.float32), axis=-1)
+        probs_BxHxTxS = attention_probabilities(scores_BxHxTxS)
         if c.sow_entropy and not positions.decoding:  # diagnostics: entropy per row, non-finite probabilities
             self.sow("intermediates", ENTROPY_NAME, attention_entropy(probs_BxHxTxS))
             self.sow("intermediates", NONFINITE_NAME, jnp.sum(~jnp.isfinite(probs_BxHxTxS)))

@@ -15,6 +15,7 @@ from aero_jax import entropy
 from aero_jax.model import STRENGTH_LOGITS, THRESHOLDS, AeroLM, forward
 
 
+@jax.named_scope("cross_entropy")  # names its operations in profiles (benchmarks/profile_step.py)
 def cross_entropy(logits_BxTxV: jnp.ndarray, targets_BxT: jnp.ndarray) -> jnp.ndarray:
     """Mean next-token cross-entropy in float32."""
     logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)

@@ -41,6 +41,18 @@ def test_accelerator_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_profile_smoke(tmp_path):
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--tiny", "--preset",
+                    "EReg(SM(t)+ScFuFFN)", "--steps", "2", "--out", str(out)], capture_output=True, text=True,
+                   check=True, timeout=600)
+    profile = json.loads(out.read_text())
+    assert abs(sum(part["share"] for part in profile["parts"].values()) - 1) < 1e-3
+    assert {"attention entropy, forward", "attention scores, backward", "optimizer and metrics"} <= set(profile["parts"])
+    assert all("jit(train_step)" in op["op_name"] for op in profile["top"])
+
+
+@pytest.mark.slow
 def test_decode_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--tiny", "--repeats", "2"],
                          capture_output=True, text=True, check=True).stdout
