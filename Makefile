@@ -35,7 +35,7 @@ $(LATEST_BIN)/.installed: setup.cfg pyproject.toml
 
 test-latest: $(LATEST_BIN)/.installed
 	$(LATEST_BIN)/python -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__)"
-	$(LATEST_BIN)/python -m pytest -m "not slow" tests
+	$(LATEST_BIN)/python -m pytest -m "not slow" -n 2 tests
 
 # aero-compile against libtpu (about 700 MB, so its own environment): TPU topologies compiled on this machine.
 TPU_BIN := .venv-tpu/bin
