@@ -37,7 +37,7 @@ PARTS = (("entropy penalty", r"entropy_penalty"), ("attention entropy", r"attent
          ("weighted values", r"bhts,bshk->bthk"), ("attention projections", r"/attn/(query|key|value|qk|out)/"),
          ("attention, other (mask, temperatures, reshapes)", r"/attn/"),
          ("FFN", r"/ffn/"), ("LayerNorm", r"/ln"), ("cross-entropy", r"cross_entropy|log_softmax"),
-         ("embeddings and LM head", r"AeroLM\)?/(?!block_)"), ("optimizer and metrics", r""))
+         ("embeddings and LM head", r"AeroLM\)*/(?!block_)"), ("optimizer and metrics", r""))
 
 
 def op_names(hlo_text: str) -> dict:

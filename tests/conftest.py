@@ -15,6 +15,7 @@ from etils.epath import testing
 
 from aero_jax import data
 from aero_jax.run_config import base_config, model_section
+from aero_jax.trainer import Trainer
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -70,6 +71,30 @@ def corpus(tmp_path_factory):
         shutil.copy(stdlib / name, source / name)
     return {"source_dir": str(source), "data_dir": str(tmp_path_factory.mktemp("tfds")),
             "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+
+
+class SimulatedKill(Exception):
+    """Raised where a test kills a training run."""
+
+
+def train_until_killed(config, workdir: str, *, at_step: int) -> None:
+    """Train `config` in `workdir` until the loop asks for the batch of `at_step`, then die there, after every save
+    before it has committed (as a kill that comes after an asynchronous save does)."""
+    trainer = Trainer(config, workdir)
+    original = trainer.batch_for
+
+    def killed(step):
+        if step == at_step:
+            trainer.checkpoints.wait()
+            raise SimulatedKill
+        return original(step)
+
+    trainer.batch_for = killed
+    try:
+        trainer.run()
+    except SimulatedKill:
+        return
+    raise AssertionError(f"the run ended before step {at_step}")
 
 
 def small_config(corpus, **train):

@@ -14,7 +14,7 @@ from aero_jax.optim import adamw
 from aero_jax.run_config import model_section
 from aero_jax.train_step import LossScale, create_train_state, train_step
 from aero_jax.trainer import Divergence, Trainer
-from conftest import assert_one_line, run_script, small_config
+from conftest import assert_one_line, run_script, small_config, train_until_killed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
@@ -68,27 +68,12 @@ def float16_config(corpus, **train):
     return config
 
 
-class SimulatedKill(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_kill_and_resume_keep_the_loss_scale_and_skip_count_bit_exact(corpus, tmp_path, monkeypatch):
+def test_kill_and_resume_keep_the_loss_scale_and_skip_count_bit_exact(corpus, tmp_path):
     config = float16_config(corpus)
     straight = Trainer(config, str(tmp_path / "straight"))
     straight.run()
-    original = Trainer.batch_for
-
-    def killed_at_six(self, step):
-        if step == 6:  # after the save of step 4 has committed
-            self.checkpoints.wait()
-            raise SimulatedKill
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "batch_for", killed_at_six)
-    with pytest.raises(SimulatedKill):
-        Trainer(config, str(tmp_path / "resumed")).run()
-    monkeypatch.setattr(Trainer, "batch_for", original)
+    train_until_killed(config, str(tmp_path / "resumed"), at_step=6)
     resumed = Trainer(config, str(tmp_path / "resumed"))
     assert resumed.resumed_from == 4
     assert float(resumed.state.loss_scale.scale) == 2.0 ** 17  # grew once, after 3 clean steps

@@ -15,7 +15,7 @@ from aero_jax.config import ConfigError
 from aero_jax.run_config import model_section
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Divergence, Trainer
-from conftest import assert_one_line, run_script, small_config
+from conftest import assert_one_line, run_script, small_config, train_until_killed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,28 +24,12 @@ def train_losses(workdir):
     return {r["step"]: r["loss"] for r in read_metrics(workdir) if r["kind"] == "train"}
 
 
-class SimulatedCrash(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_resume_after_a_kill_equals_a_straight_run(corpus, tmp_path, monkeypatch):
+def test_resume_after_a_kill_equals_a_straight_run(corpus, tmp_path):
     config = small_config(corpus)
     straight = Trainer(config, str(tmp_path / "straight")).run()
     assert straight["step"] == 8
-
-    original = Trainer.batch_for
-
-    def crash_at_six(self, step):
-        if step == 6:  # a kill that comes after the (asynchronous) save of step 4 has committed
-            self.checkpoints.wait()
-            raise SimulatedCrash
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "batch_for", crash_at_six)
-    with pytest.raises(SimulatedCrash):
-        Trainer(config, str(tmp_path / "resumed")).run()
-    monkeypatch.setattr(Trainer, "batch_for", original)
+    train_until_killed(config, str(tmp_path / "resumed"), at_step=6)  # after the save of step 4 has committed
     resumed = Trainer(config, str(tmp_path / "resumed"))
     assert resumed.resumed_from == 4
     resumed.run()
