@@ -19,9 +19,12 @@ import time
 from typing import List, Optional, Tuple
 
 import jax
+from jax.experimental import topologies
 
 from aero_jax import flops
 from aero_jax.config import ConfigError
+from aero_jax.run_config import architecture_label, model_config_from, validate
+from aero_jax.trainer import build_program
 
 GiB = 2 ** 30
 
@@ -99,8 +102,6 @@ def topology_devices(topology: Topology) -> List:
     if not libtpu_installed():
         raise ConfigError("compiling for a TPU topology needs libtpu, which is not installed; accepted: an "
                           "environment with the tpu extra (pip install -e '.[tpu]')")
-    from jax.experimental import topologies
-
     try:
         description = topologies.get_topology_desc(topology.name, "tpu", chip_config_name=topology.chip.chip_config)
     except jax.errors.JaxRuntimeError as error:
@@ -201,9 +202,6 @@ def checked_steps(names) -> Tuple[str, ...]:
 def compile_for_topology(config, topology: Topology, *, dump_dir: Optional[str] = None,
                          steps: Tuple[str, ...] = STEPS) -> dict:
     """Build the run's Program on the slice's devices and compile its steps; the report as a dict."""
-    from aero_jax.run_config import architecture_label, model_config_from, validate
-    from aero_jax.trainer import build_program
-
     validate(config)
     devices = topology_devices(topology)
     program = build_program(config, devices)

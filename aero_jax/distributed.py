@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
 
 from aero_jax.config import ConfigError
 
@@ -38,6 +39,4 @@ def reached_preemption_point(step: int) -> bool:
     """True on every process at the same step once any of them was told to stop (multi-process only)."""
     if jax.process_count() == 1:
         return False
-    from jax.experimental import multihost_utils
-
     return multihost_utils.reached_preemption_sync_point(step)

@@ -16,6 +16,8 @@ import sys
 import traceback
 from typing import Callable, Iterator, List, Optional, Tuple
 
+from absl import logging
+
 BAD_INPUT = 2
 RUN_FAILED = 1
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
@@ -161,8 +163,6 @@ def argparse_main(prog: str, parser, body: Callable, argv: Optional[List[str]] =
 
     parser.error = one_line_error
     args = parser.parse_args(argv)
-    from absl import logging  # orbax and TFDS log every read at INFO through absl
-
-    logging.set_verbosity(logging.ERROR)
+    logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every read at INFO through absl
     run_command(prog, lambda: body(args), verbose=args.verbose, interrupted=interrupted)
 

@@ -92,7 +92,7 @@ class RunLog:
         self._records: List[Tuple[dict, str]] = []  # (record, its line) of every line in the file
         self._tb = None
         if enabled:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # lazy: 1.7 s to import, and only a writing run needs it
 
             self._tb = SummaryWriter(str(epath.Path(workdir) / TENSORBOARD_DIR))
             if self.path.exists():  # a damaged line is refused here, before the run trains

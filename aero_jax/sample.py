@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aero_jax import data
 from aero_jax.config import MAX_SEED, ConfigError
 from aero_jax.errors import argparse_main
+from aero_jax.evaluate import restore_run
 from aero_jax.model import CACHE, PAD_POSITION, AeroLM
 
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -208,9 +210,6 @@ def until_stop(tokens_N: np.ndarray, eot_id: Optional[int]) -> np.ndarray:
 
 
 def _run(args) -> None:
-    from aero_jax import data
-    from aero_jax.evaluate import restore_run
-
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     check_sampling(sampling)  # before the checkpoint is read: a typo fails at once
     _check_counts(args)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
+from tqdm.auto import tqdm
 
 from aero_jax import data, distributed, flops, sharding
 from aero_jax.checkpoint import Checkpointer, all_finite
@@ -355,8 +356,6 @@ class Trainer:
         tokens_per_step = t.batch_size * self.model_config.max_len
         window, pending, compile_s = [], None, None
         window_start, window_steps = time.perf_counter(), 0  # timing excludes compilation and evaluation
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=t.num_steps, initial=step, disable=None if self.log.enabled else True, unit="step")
         if step >= t.num_steps:  # a finished run: report its last evaluation again
             self.last_eval = self.log.last_record(step, kind="eval") or self._evaluate(step, bar)

@@ -730,7 +730,7 @@ def _interrupted(prog, where, entry, *args):
 
 @pytest.mark.slow
 def test_ctrl_c_ends_the_readers_and_prepare_data_in_one_line(finished, corpus, tmp_path):
-    exported = _interrupted("aero-export", "aero_jax.export.save_tensors", "aero_jax.export:export_main",
+    exported = _interrupted("aero-export", "aero_jax.export.save_tensors", "aero_jax.export.cli:export_main",
                             "--workdir", finished, "--out", tmp_path / "export")
     assert_one_line(exported, "aero-export", 130, "interrupted; nothing was written")
     assert list(tmp_path.iterdir()) == []

@@ -163,7 +163,7 @@ def read_texts(path: str) -> Iterator[str]:
 
 def _parquet_texts(path: str) -> Iterator[str]:
     """The `content` column of a parquet file, a batch of rows at a time; a null is refused with its row (from 1)."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: 0.5 s to import, and only the parquet files need it
 
     parquet = _parquet(path)
     schema = parquet.schema_arrow
@@ -185,7 +185,7 @@ def _parquet_texts(path: str) -> Iterator[str]:
 
 def _parquet(path: str):
     """The open parquet file; one that is not parquet or is cut short is refused naming it."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: 0.5 s to import, and only the parquet files need it
     import pyarrow.parquet as pq
 
     with damage_refused(path, (pa.ArrowException, OSError), _REDOWNLOAD):

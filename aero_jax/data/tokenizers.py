@@ -15,6 +15,7 @@ import os
 from typing import List, Optional, Protocol, Sequence
 
 import numpy as np
+import sentencepiece
 import tokenizers
 
 from aero_jax.config import ConfigError
@@ -108,8 +109,6 @@ class SentencePieceTokenizer:
     kind = "sentencepiece"
 
     def __init__(self, path: str):
-        import sentencepiece
-
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise ConfigError(f"SentencePiece model {self.path} does not exist; pass the path of a .model file")

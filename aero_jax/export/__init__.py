@@ -1,19 +1,17 @@
 """A trained run out of JAX (PyTorch, Hugging Face) and a Hugging Face GPT-2 into a run.
 
-    aero-export --workdir W --out DIR [--step N] [--format auto|hf|torch] [--dtype float32|bfloat16] [--overwrite]
-    aero-import-hf --checkpoint DIR --workdir W
-
 `to_pytorch` folds the run's checkpoint into plain tensors (fold.py) and writes a self-contained
 directory: model.safetensors, config.json, the tokenizer, a README.md model card, and either the
 stock GPT2LMHeadModel layout (`hf`, for what GPT-2 can express, hf.py) or the AERO layout with
 modeling_aero.py beside it (`torch`). Only safetensors is needed to write it; torch to read it.
-See docs/export.md.
+`from_hf` makes a run of a GPT-2 checkpoint. The commands aero-export and aero-import-hf live in cli.py; see
+docs/export.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import errno
 import glob
 import json
@@ -23,12 +21,26 @@ import socket
 from importlib import resources
 from typing import Dict, Iterator, Mapping, Optional
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+import ml_dtypes
 import numpy as np
+from etils import epath
+from safetensors.numpy import load_file, save_file
 
+from aero_jax import data
+from aero_jax.checkpoint import Checkpointer
 from aero_jax.config import ConfigError, ModelConfig
-from aero_jax.errors import argparse_main
+from aero_jax.data.cache import follow_umask
+from aero_jax.evaluate import other_step_hint, restore_run
 from aero_jax.export import fold, hf
+from aero_jax.pi.cost import pi_cost
+from aero_jax.run_config import architecture_label, base_config, model_config_from, validate
 from aero_jax.run_log import metric_series
+from aero_jax.train_step import create_train_state
+from aero_jax.trainer import CONFIG_FILE, build
+from aero_jax.workdir import write_text_atomically
 
 FORMATS = ("auto", "hf", "torch")
 DTYPES = ("float32", "bfloat16")
@@ -137,13 +149,7 @@ def _alive(pid: int) -> bool:
 
 def save_tensors(tensors: Dict[str, np.ndarray], path: str, dtype: str) -> None:
     """safetensors in `dtype`; learned temperatures and scalars (fold.FLOAT32_TENSORS) stay float32."""
-    from safetensors.numpy import save_file
-
-    from aero_jax.data.cache import follow_umask
-
     if dtype == "bfloat16":
-        import ml_dtypes
-
         tensors = {k: v if k.rsplit(".", 1)[-1] in fold.FLOAT32_TENSORS else v.astype(ml_dtypes.bfloat16)
                    for k, v in tensors.items()}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
@@ -179,8 +185,6 @@ def _write_tokenizer(tokenizer, out: str) -> None:
 
 def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
     """README.md of an export: what the model is, how it was trained, what it costs in private inference."""
-    from aero_jax.pi.cost import pi_cost
-
     cost = pi_cost(c, name=provenance["architecture"])
     perplexity = provenance.get("validation_perplexity")
     loader = ("from transformers import GPT2LMHeadModel\nmodel = GPT2LMHeadModel.from_pretrained(DIR)"
@@ -203,10 +207,6 @@ def model_card(c: ModelConfig, provenance: dict, layout: str) -> str:
 def to_pytorch(workdir: str, out: str, *, step: Optional[int] = None, layout: str = "auto", dtype: str = "float32",
                overwrite: bool = False) -> dict:
     """Export a run's checkpoint (newest, or `step`) to OUT in a layout (auto, hf, torch); returns what was written."""
-    from aero_jax import data
-    from aero_jax.evaluate import other_step_hint, restore_run
-    from aero_jax.run_config import architecture_label, model_config_from
-
     if layout not in FORMATS:
         raise ConfigError(f"--format={layout} is invalid; accepted: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
@@ -253,30 +253,10 @@ def validation_perplexity_at(workdir: str, step: int) -> Optional[float]:
     return dict(zip(*metric_series(workdir, "eval", "perplexity"))).get(step)  # a later record of a step wins
 
 
-def _export_command(args) -> None:
-    result = to_pytorch(args.workdir, args.out, step=args.step, layout=args.format, dtype=args.dtype,
-                        overwrite=args.overwrite)
-    print(f"exported {result['architecture']} (step {result['step']}, {result['dtype']}) as {result['format']} "
-          f"to {result['out']}")
-
-
-def export_main(argv=None):
-    parser = argparse.ArgumentParser(prog="aero-export", description="A trained run as PyTorch / Hugging Face files.")
-    parser.add_argument("--workdir", required=True, help="the run directory written by aero-train")
-    parser.add_argument("--out", required=True, help="the directory to write (must not exist without --overwrite)")
-    parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the newest)")
-    parser.add_argument("--format", default="auto", help="auto | hf (GPT2LMHeadModel) | torch (modeling_aero.py)")
-    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    argparse_main("aero-export", parser, _export_command, argv)
-
-
 # -- import ---------------------------------------------------------------------------------------
 
 def _read_gpt2_directory(checkpoint: str):
     """(config.json as a dict, tensors) of a Hugging Face GPT-2 checkpoint directory (safetensors only)."""
-    from safetensors.numpy import load_file
-
     config_path, weights_path = (os.path.join(checkpoint, name) for name in ("config.json", WEIGHTS_FILE))
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
@@ -309,20 +289,6 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
 
     `data_section` changes the run's data fields (default: the embedded dataset, read with the GPT-2 tokenizer).
     """
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-    import ml_collections
-    from etils import epath
-
-    from aero_jax import data
-    from aero_jax.checkpoint import Checkpointer
-    from aero_jax.run_config import base_config, validate
-    from aero_jax.trainer import CONFIG_FILE, build
-    from aero_jax.train_step import create_train_state
-    from aero_jax.workdir import write_text_atomically
-
     clean_after_dead_writers(workdir)
     hf_config, tensors = _read_gpt2_directory(checkpoint)
     _check_finite(tensors, checkpoint)
@@ -357,16 +323,3 @@ def from_hf(checkpoint: str, workdir: str, *, data_section: Optional[Mapping] = 
     return {"workdir": os.path.abspath(workdir), "architecture": preset, "num_layers": c.num_layers,
             "d_model": c.d_model, "vocab_size": c.vocab_size}
 
-
-def _import_command(args) -> None:
-    result = from_hf(args.checkpoint, args.workdir)
-    print(f"imported a {result['num_layers']}-layer GPT-2 (d_model {result['d_model']}, vocabulary "
-          f"{result['vocab_size']}) as an {result['architecture']} run: {result['workdir']}")
-
-
-def import_main(argv=None):
-    parser = argparse.ArgumentParser(prog="aero-import-hf", description="A Hugging Face GPT-2 as an aero-jax run.")
-    parser.add_argument("--checkpoint", required=True, help="a GPT-2 directory: config.json, model.safetensors, "
-                                                            "tokenizer.json")
-    parser.add_argument("--workdir", required=True, help="the run directory to create")
-    argparse_main("aero-import-hf", parser, _import_command, argv)

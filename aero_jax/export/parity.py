@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from importlib import resources
 from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aero_jax import presets
 from aero_jax.config import ModelConfig
 from aero_jax.export import aero_config, fold
-from aero_jax.model import AeroLM, logits_and_entropy
+from aero_jax.model import AeroLM, init_variables, logits_and_entropy, split_variables
 
 
 def load_modeling():
     """The modeling_aero module shipped in this package (registered in sys.modules, as its dataclass needs)."""
     if "modeling_aero" not in sys.modules:
-        from importlib import resources
-
         path = resources.files("aero_jax.export") / "modeling_aero.py"
         spec = importlib.util.spec_from_file_location("modeling_aero", str(path))
         module = importlib.util.module_from_spec(spec)
@@ -33,7 +33,7 @@ def load_modeling():
 
 def torch_model(c: ModelConfig, params, model_state, dtype: str = "float32"):
     """The PyTorch model of a folded JAX model, loaded strictly (every tensor, nothing else)."""
-    import torch
+    import torch  # lazy: torch is optional (the export extra), and moved_model serves tests without it
 
     modeling = load_modeling()
     model = modeling.AeroForCausalLM(modeling.AeroConfig.from_fields(aero_config(c, {})))
@@ -55,9 +55,6 @@ def perturbed(tree, seed: int):
 def moved_model(name: str, seed: int = 1, **size) -> Tuple[AeroLM, dict, dict]:
     """(model, params, model state) of a preset with every parameter off its init and, with spectral norm, the
     power iterations advanced as a training step advances them."""
-    from aero_jax import presets
-    from aero_jax.model import init_variables, split_variables
-
     model = AeroLM(presets.model_config(name, **size))
     params, state = split_variables(init_variables(model, jax.random.key(0)))
     params = perturbed(params, seed=seed)
@@ -77,7 +74,7 @@ def parity_inputs(vocab_size: int, seq_len: int) -> Dict[str, np.ndarray]:
 
 def max_differences(model: AeroLM, variables, exported, tokens: np.ndarray) -> Tuple[float, float]:
     """(max |logit difference|, max |entropy difference|) of the JAX model and its export on some rows."""
-    import torch
+    import torch  # lazy: torch is optional (the export extra), and moved_model serves tests without it
 
     logits, entropy, _ = logits_and_entropy(model, variables, jnp.asarray(tokens))
     with torch.no_grad():

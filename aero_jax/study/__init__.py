@@ -18,12 +18,13 @@ import sys
 
 from etils import epath
 
-from aero_jax import presets
+from aero_jax import figures, presets
 from aero_jax.config import ConfigError
 from aero_jax.errors import argparse_main, honour_ctrl_c
 from aero_jax.run_config import SIZE_FIELDS
 from aero_jax.study.claims import (VERDICTS, Claim, GapClaim, InstabilityClaim, OrderClaim, ShareClaim,
                                    SubstituteClaim, TemperatureClaim, TrendClaim)
+from aero_jax.study.page import write_page
 from aero_jax.study.running import run_all
 from aero_jax.study.spec import Condition, RunSpec, Study, check_study, load_study, run_config, workdir_of
 from aero_jax.workdir import check_output_folder, write_text_atomically
@@ -69,8 +70,6 @@ def override_flags(study: Study, run: RunSpec, seed: int) -> str:
 
 
 def _run(args) -> None:
-    from aero_jax.study.page import write_page
-
     study = load_study(args.spec)
     root = args.workdirs or os.path.join("workdirs", study.name)
     check_output_folder(root, flag="--workdirs")  # before anything is written; the dry run refuses the same
@@ -94,8 +93,6 @@ def _run(args) -> None:
 
 
 def main(argv=None):
-    from aero_jax import figures
-
     figures.files_only()
     honour_ctrl_c()  # as the trainer's loop does: otherwise a SIGINT between runs (setting up the next) is lost
     parser = argparse.ArgumentParser(prog="aero-study", description=__doc__.splitlines()[0])

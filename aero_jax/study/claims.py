@@ -12,10 +12,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from etils import epath
 
-from aero_jax import presets
+from aero_jax import figures, presets
 from aero_jax.config import ConfigError
-from aero_jax.entropy import MAX_REFERENCES
-from aero_jax.run_log import metric_series
+from aero_jax.entropy import MAX_REFERENCES, entropy_range_shares
+from aero_jax.evaluate import restore_run, run_data
+from aero_jax.ln_substitute import substitute_report
+from aero_jax.reports import newest_evaluation
+from aero_jax.run_log import metric_series, read_metrics
 from aero_jax.study import measures
 from aero_jax.study.spec import Condition, Study, run_config, workdir_of
 from aero_jax.workdir import write_text_atomically
@@ -53,8 +56,6 @@ class Context:
     def head_entropies(self, name: str) -> Dict[int, Tuple[int, np.ndarray]]:
         """{seed: (step, head entropy [L, H]) of its newest evaluation} for the seeds that have one (a run that
         diverged has its last one, or none before its first evaluation)."""
-        from aero_jax.reports import newest_evaluation
-
         found = {}
         for seed, workdir in zip(self.study.run(name).seeds, self.workdirs(name)):
             try:
@@ -142,8 +143,6 @@ class OrderClaim(Claim):
         return self.order
 
     def outcome(self, ctx):
-        from aero_jax import figures
-
         measured = ctx.measured(self.order)
         verdict, reason = judged(measures.order_verdict(measured), ctx.unmet(self.condition, self.order))
         lines = [f"Claimed order, lowest perplexity first: {' < '.join(self.order)}. {self.source}".strip(), "",
@@ -182,8 +181,6 @@ class GapClaim(Claim):
         return (self.reference, *self.variants)
 
     def outcome(self, ctx):
-        from aero_jax import figures
-
         measured = ctx.measured(self.runs())
         base = measured[0][1]
         increases = {n: m / base - 1 for n, m, _ in measured[1:]}
@@ -219,9 +216,6 @@ class InstabilityClaim(Claim):
         return (self.run, self.reference)
 
     def outcome(self, ctx):
-        from aero_jax import figures
-        from aero_jax.run_log import read_metrics
-
         rows, unstable = [], []
         for seed, workdir in zip(ctx.study.run(self.run).seeds, ctx.workdirs(self.run)):
             summary = ctx.summaries[(self.run, seed)]
@@ -289,9 +283,6 @@ class _EntropyRangeClaim(Claim):
                   f"{_paper(self.paper.get(n), '{:.1%}')} |" for n in self.runs()], ""]
 
     def figures(self, ctx, shares) -> Dict[str, object]:
-        from aero_jax import figures
-        from aero_jax.entropy import entropy_range_shares
-
         first = {n: next(iter(found.values()))[1] for n in self.runs() for found in [ctx.head_entropies(n)] if found}
         what = "[3M/4, M]" if self.entropy_range == "top" else "[0, M/4)"
         made = {"versus_paper": figures.versus_paper(
@@ -367,9 +358,6 @@ class TemperatureClaim(Claim):
                               f"temperature; accepted: a run of an SM(t) preset")
 
     def outcome(self, ctx):
-        from aero_jax import figures
-        from aero_jax.evaluate import restore_run, run_data
-
         workdir = ctx.workdirs(self.run)[0]
         run = restore_run(workdir)
         _, val_rows = run_data(run.config, run.model.config.max_len)
@@ -418,8 +406,6 @@ class SubstituteClaim(Claim):
     def result(self, ctx) -> dict:
         """aero-ln-substitute's result for the run's first seed, kept in OUT and reused while it is of the same
         workdir, step, evaluation rows and fine-tune."""
-        from aero_jax.ln_substitute import substitute_report
-
         workdir, seed = ctx.workdirs(self.run)[0], ctx.study.run(self.run).seeds[0]
         cached = os.path.join(ctx.out, f"ln_substitute_{presets.slug(self.run)}_ft{self.finetune_steps}.json")
         if os.path.exists(cached):
@@ -436,8 +422,6 @@ class SubstituteClaim(Claim):
         return result
 
     def outcome(self, ctx):
-        from aero_jax import figures
-
         result = self.result(ctx)
         tuned = bool(self.finetune_steps)
         before = result["perplexity_with_layernorm_finetuned" if tuned else "perplexity_with_layernorm"]

@@ -10,6 +10,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from aero_jax.entropy import entropy_range_shares
+from aero_jax.evaluate import load_run_config, run_evaluation, saved_params
+from aero_jax.model import AeroLM, temperatures
+from aero_jax.run_config import model_config_from
 
 Measured = Tuple[str, float, float]  # (run, mean perplexity over seeds, spread = max - min over seeds)
 Verdict = Tuple[str, str]  # (one of claims.VERDICTS, why)
@@ -102,10 +105,6 @@ def trend_verdict(shares: Dict[str, Optional[float]], order: Sequence[str]) -> V
 
 def temperature_snapshots(workdir: str) -> Dict[int, np.ndarray]:
     """{step: t [layers, heads, positions]} from the initial value and every kept checkpoint of a run."""
-    from aero_jax.evaluate import load_run_config, saved_params
-    from aero_jax.model import temperatures
-    from aero_jax.run_config import model_config_from
-
     model_config = model_config_from(load_run_config(workdir).model)
     snapshots = {0: np.full((model_config.num_layers, model_config.num_heads, model_config.max_len),
                             model_config.temperature_init)}
@@ -124,9 +123,6 @@ def temperature_movement(t_LxHxT: np.ndarray, t_init: float) -> np.ndarray:
 def temperature_intervention(run, val_rows: np.ndarray, scales: Sequence[float]) -> Dict[float, np.ndarray]:
     """{c: head entropy [layers, heads]} of a restored SM(t) run evaluated with every t multiplied by c
     (`temperature_scale`, exact for log and raw t alike) and its weights fixed."""
-    from aero_jax.evaluate import run_evaluation
-    from aero_jax.model import AeroLM
-
     return {scale: np.asarray(run_evaluation(run, val_rows, model=AeroLM(run.model.config.replace(
         temperature_scale=scale)))["head_entropy"]) for scale in scales}
 

@@ -11,8 +11,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from etils import epath
 
-from aero_jax import presets
+from aero_jax import figures, presets
 from aero_jax.config import ConfigError
+from aero_jax.pi.cost import pi_cost
+from aero_jax.pi.measure import saved_measurement
 from aero_jax.run_config import SIZE_FIELDS
 from aero_jax.run_log import metric_series
 from aero_jax.study.claims import VERDICTS, Context, Outcome
@@ -23,9 +25,6 @@ from aero_jax.workdir import write_text_atomically
 def pi_columns(study: Study, run: RunSpec, workdir: str, step: int) -> dict:
     """Communication and latency at the run's size and at GPT-2 small, T=128, with savings against SM+LN+G; and the
     communication aero-pi-measure measured for the run's checkpoint `step` at its size, when it has been measured."""
-    from aero_jax.pi.cost import pi_cost
-    from aero_jax.pi.measure import saved_measurement
-
     name = presets.resolve(run.preset)
     here = pi_cost(presets.model_config(name, size="tiny", **study.size), name=name)
     paper = pi_cost(presets.model_config(name, size="tiny", **PAPER_SIZE), name=name)
@@ -107,8 +106,6 @@ def changes_since(study: Study, verdicts: Mapping[str, str]) -> List[str]:
 
 def write_page(study: Study, summaries, out: str, command: str, root: str) -> str:
     """OUT.md: the runs' table with PI columns, the validation curves, the claims with their verdicts and figures."""
-    from aero_jax import figures
-
     ctx = Context(study, summaries, root, out)
     page = out.rstrip("/") + ".md"
 

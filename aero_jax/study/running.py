@@ -9,6 +9,8 @@ from typing import Dict, Optional, Tuple
 
 from etils import epath
 
+from aero_jax import trainer
+from aero_jax.run_config import architecture_label
 from aero_jax.study.spec import Study, run_config, workdir_of
 from aero_jax.workdir import write_text_atomically
 
@@ -30,9 +32,6 @@ def finished_summary(workdir: str, num_steps: int) -> Optional[dict]:
 
 def train_or_diverge(config, workdir: str) -> dict:
     """The run's summary; a run that diverges (the papers' SM does) is recorded, not fatal to the study."""
-    from aero_jax import trainer
-    from aero_jax.run_config import architecture_label
-
     try:
         return trainer.train(config, workdir)
     except trainer.Divergence as error:

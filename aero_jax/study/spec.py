@@ -9,6 +9,7 @@ import traceback
 from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from aero_jax import presets
+from aero_jax.cli import load_config_file  # the same loader as --config
 from aero_jax.config import ConfigError
 from aero_jax.run_config import SIZE_FIELDS, validate, with_preset
 
@@ -86,8 +87,6 @@ def _call_file(spec: str, function: str, what: str, accepted: str):
     """`function` of a file named as --config names it; a file that cannot be read or parsed, that lacks
     `function`, or that raises anything while it runs (its top level or `function`, e.g. a NameError or an
     unknown variant), is bad input, refused in one line naming `what` and, where the file raised, its line."""
-    from aero_jax.cli import load_config_file  # the same loader as --config
-
     path = spec.split(":", 1)[0]
     try:
         return load_config_file(spec, function=function)
@@ -169,8 +168,6 @@ def run_config(study: Study, run: RunSpec, seed: int):
 
     Every field they name must be one of the config file's: a misspelt one is refused, never added beside the
     field it meant (which would keep its default) nor dropped."""
-    from aero_jax.cli import load_config_file
-
     config = load_config_file(study.config)
     _refuse_unknown(f"study {study.name}:", "size.", study.size, SIZE_FIELDS, "size field")
     _refuse_unknown(f"study {study.name}:", "train.", study.train, config.train, "config field")
