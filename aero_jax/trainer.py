@@ -76,10 +76,12 @@ class _StopSignal:
 
 
 def _resume_changes(workdir: str, config: ml_collections.ConfigDict, model_config: ModelConfig) -> list:
-    """[(field, old, new)] this config changes in the run trained in `workdir`, each one RESUMABLE_FIELDS allows;
-    a run of another architecture or trained another way is refused, naming every differing field."""
+    """[(field, old, new)] this config changes in the run saved in `workdir`. A checkpoint of another architecture
+    is refused; so is another training config once a step was trained under the saved one, unless RESUMABLE_FIELDS
+    allows the change. Each refusal names every differing field."""
     path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists() or not _has_checkpoint(workdir):  # nothing trained yet: the new config starts it
+    newest = _newest_checkpoint(workdir)
+    if not path.exists() or newest is None:  # nothing saved yet: the new config starts the run
         return []
     saved = json.loads(path.read_text())
     differences = architecture_differences(model_config_from(saved["model"]), model_config)
@@ -89,7 +91,7 @@ def _resume_changes(workdir: str, config: ml_collections.ConfigDict, model_confi
                           f"accepted: the same model config, or a new --workdir")
     changes = config_changes(saved, config)
     refused = [(field, old, new) for field, old, new in changes if not resumable(field)]
-    if refused:
+    if refused and newest > 0:  # at step 0 (an imported model, say) no step was trained under the saved config
         listed = ", ".join(f"{field}={old!r} (this config: {new!r})" for field, old, new in refused)
         raise ConfigError(f"workdir {workdir} was trained with another config: {listed}; accepted on resume: changes "
                           f"to {', '.join(f + '*' if f.endswith('.') else f for f in RESUMABLE_FIELDS)}, "
@@ -97,9 +99,11 @@ def _resume_changes(workdir: str, config: ml_collections.ConfigDict, model_confi
     return changes
 
 
-def _has_checkpoint(workdir: str) -> bool:
+def _newest_checkpoint(workdir: str) -> Optional[int]:
+    """The newest step with a checkpoint folder in `workdir` (read or not), None when there is none."""
     folder = epath.Path(workdir) / "checkpoints"
-    return folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+    return max(steps, default=None)
 
 
 def _record_config(workdir: str, config: ml_collections.ConfigDict, changes: list, *, step: int) -> None:

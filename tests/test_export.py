@@ -320,8 +320,12 @@ def test_bad_exports_are_refused_in_one_line_and_write_nothing(trained, tmp_path
                     "has no checkpoint")
     assert not (tmp_path / "o1").exists()
     nan_run = _damaged_copy(trained["SM+LN+G"], tmp_path, nan_parameter)
-    assert_one_line(run_script("aero-export", "--workdir", nan_run, "--out", tmp_path / "o2"), "aero-export", 2,
-                    "checkpoint 12", "non-finite", "accepted:", "--step 8")
+    assert_one_line(run_script("aero-export", "--workdir", nan_run, "--out", tmp_path / "o2", "--step", "12"),
+                    "aero-export", 2, "checkpoint 12", "non-finite", "accepted: a readable step: 4, 8")
+    fell_back = run_script("aero-export", "--workdir", nan_run, "--out", tmp_path / "o5")  # as every reader does
+    assert fell_back.returncode == 0, fell_back.stderr[-2000:]
+    assert "checkpoint at step 12 is unreadable" in fell_back.stderr and "read step 8" in fell_back.stderr
+    assert json.loads((tmp_path / "o5" / "config.json").read_text())["aero"]["step"] == 8
     zero_sigma = _damaged_copy(trained["SM+SNorm(QK+FFN)"], tmp_path, zero_spectral_vectors)
     assert_one_line(run_script("aero-export", "--workdir", zero_sigma, "--out", tmp_path / "o2"), "aero-export", 2,
                     "checkpoint 12", "folds to non-finite values in h.0.attn.q_proj.weight", "e.g. --step 8")
