@@ -200,8 +200,9 @@ def test_a_field_the_config_lacks_is_refused_in_one_line_before_anything_runs(co
     args = ["--spec", spec, "--out", tmp_path / "results", "--workdirs", tmp_path / "runs"]
     dry = run_script("aero-study", *args, "--dry-run")
     assert_one_line(dry, "aero-study", 2, *expected)
-    real = run_script("aero-study", *args)
-    assert (real.returncode, real.stderr) == (dry.returncode, dry.stderr)
+    if new.startswith("train="):  # the real study refuses it the same way (one case: each command costs seconds)
+        real = run_script("aero-study", *args)
+        assert (real.returncode, real.stderr) == (dry.returncode, dry.stderr)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()  # nothing trained
 
 

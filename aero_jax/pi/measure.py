@@ -33,7 +33,7 @@ from etils import epath
 
 from aero_jax.config import ConfigError, ModelConfig
 from aero_jax.errors import RunFailed, argparse_main, honour_ctrl_c
-from aero_jax.evaluate import restore_run, run_data
+from aero_jax.evaluate import load_run_config, restore_run, run_data
 from aero_jax.export import WEIGHTS_FILE, aero_config, fold, save_tensors
 from aero_jax.pi.cost import ROUND_TRIP_MIN, load_coefficients, pi_cost, workload
 from aero_jax.run_config import architecture_label, model_config_from
@@ -367,9 +367,14 @@ def _run(args) -> None:
         print(f"  {line}", file=sys.stderr, flush=True)
 
     check_memory_gb(args.memory_gb)
+    # Where the report goes is checked before the measurement, which takes up to half an hour: an --out first, the
+    # run's own folder once the run is known to be there and readable (else that is what is named).
+    if args.out:
+        check_output_folder(args.out, flag="--out")
+    load_run_config(args.workdir)
+    if not args.out:
+        check_output_folder(args.workdir, flag="--out")
     out = args.out or args.workdir
-    if args.out or os.path.isdir(args.workdir):  # a missing workdir is named by restore_run
-        check_output_folder(out, flag="--out")  # before the measurement, which takes up to half an hour
     r = measure(args.workdir, step=args.step, seq_len=args.seq_len, layers=args.layers, protocol=args.protocol,
                 memory_gb=args.memory_gb, progress=progress)
     print(json.dumps(r) if args.json else text(r), flush=True)  # before saving: a report that cannot be kept is seen
