@@ -82,6 +82,7 @@ def test_kill_and_resume_keep_the_loss_scale_and_skip_count_bit_exact(corpus, tm
     assert leaves_equal(straight.state, resumed.state)
 
 
+@pytest.mark.slow  # a whole run: make test stays within its 10 minutes
 def test_a_loss_scale_that_falls_to_zero_stops_the_run_naming_the_step(corpus, tmp_path):
     trainer = Trainer(float16_config(corpus, num_steps=60, checkpoint_every=1000, loss_scale_init=2.0 ** -120),
                       str(tmp_path / "run"))

@@ -159,6 +159,7 @@ def test_resuming_with_another_training_config_is_refused_and_changes_nothing(co
     assert not (finished_run / "config_changes.jsonl").exists()
 
 
+@pytest.mark.slow  # a whole run: make test stays within its 10 minutes
 def test_extending_a_run_keeps_how_its_first_steps_were_trained(corpus, tmp_path):
     Trainer(small_config(corpus, num_steps=2), str(tmp_path / "run")).run()
     longer = small_config(corpus, num_steps=3)
