@@ -77,10 +77,9 @@ class SimulatedKill(Exception):
     """Raised where a test kills a training run."""
 
 
-def train_until_killed(config, workdir: str, *, at_step: int) -> None:
-    """Train `config` in `workdir` until the loop asks for the batch of `at_step`, then die there, after every save
-    before it has committed (as a kill that comes after an asynchronous save does)."""
-    trainer = Trainer(config, workdir)
+def run_until_killed(trainer, *, at_step: int) -> None:
+    """Run `trainer` until its loop asks for the batch of `at_step`, then die there, after every save before it has
+    committed (as a kill that comes after an asynchronous save does)."""
     original = trainer.batch_for
 
     def killed(step):

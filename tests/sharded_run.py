@@ -14,7 +14,7 @@ import json
 import sys
 
 import jax
-from conftest import mock_bucket
+from conftest import mock_bucket, run_until_killed
 
 from aero_jax import distributed
 from aero_jax.data import cache, pipeline
@@ -24,10 +24,6 @@ from aero_jax.trainer import Trainer
 
 PARAMS_TO_REPORT = ("wte/embedding", "block_0/attn/query/kernel", "block_0/attn/out/kernel",
                     "block_0/ffn/fc_in/kernel", "block_0/ffn/fc_out/kernel", "entropy_thresholds")
-
-
-class Crash(Exception):
-    pass
 
 
 def config_for(corpus, mesh):
@@ -54,20 +50,10 @@ def specs(trainer):
 
 def run(corpus, spec):
     trainer = Trainer(config_for(corpus, spec["mesh"]), spec["workdir"])
-    if spec.get("crash_at") is not None:
-        original = trainer.batch_for
-
-        def crash(step):
-            if step == spec["crash_at"]:
-                trainer.checkpoints.wait()
-                raise Crash
-            return original(step)
-
-        trainer.batch_for = crash
-    try:
+    if spec.get("crash_at") is None:
         trainer.run()
-    except Crash:
-        pass
+    else:
+        run_until_killed(trainer, at_step=spec["crash_at"])
     losses = {}
     if jax.process_index() == 0:
         losses = {r["step"]: r["loss"] for r in read_metrics(spec["workdir"]) if r["kind"] == "train"}

@@ -14,7 +14,7 @@ from aero_jax.optim import adamw
 from aero_jax.run_config import model_section
 from aero_jax.train_step import LossScale, create_train_state, train_step
 from aero_jax.trainer import Divergence, Trainer
-from conftest import assert_one_line, run_script, small_config, train_until_killed
+from conftest import assert_one_line, run_script, run_until_killed, small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = f"--config={ROOT / 'configs' / 'default.py'}:smoke"
@@ -73,7 +73,7 @@ def test_kill_and_resume_keep_the_loss_scale_and_skip_count_bit_exact(corpus, tm
     config = float16_config(corpus)
     straight = Trainer(config, str(tmp_path / "straight"))
     straight.run()
-    train_until_killed(config, str(tmp_path / "resumed"), at_step=6)
+    run_until_killed(Trainer(config, str(tmp_path / "resumed")), at_step=6)
     resumed = Trainer(config, str(tmp_path / "resumed"))
     assert resumed.resumed_from == 4
     assert float(resumed.state.loss_scale.scale) == 2.0 ** 17  # grew once, after 3 clean steps

@@ -15,7 +15,7 @@ from aero_jax.config import ConfigError
 from aero_jax.run_config import model_section
 from aero_jax.run_log import read_metrics
 from aero_jax.trainer import Divergence, Trainer
-from conftest import assert_one_line, run_script, small_config, train_until_killed
+from conftest import assert_one_line, run_script, run_until_killed, small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_resume_after_a_kill_equals_a_straight_run(corpus, tmp_path):
     config = small_config(corpus)
     straight = Trainer(config, str(tmp_path / "straight")).run()
     assert straight["step"] == 8
-    train_until_killed(config, str(tmp_path / "resumed"), at_step=6)  # after the save of step 4 has committed
+    run_until_killed(Trainer(config, str(tmp_path / "resumed")), at_step=6)  # after the save of step 4 has committed
     resumed = Trainer(config, str(tmp_path / "resumed"))
     assert resumed.resumed_from == 4
     resumed.run()
